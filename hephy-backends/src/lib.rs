@@ -1,0 +1,1 @@
+//! hephy-backends: under construction.

@@ -1,0 +1,95 @@
+//! The [`Source`] trait: where a build context comes from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{AppName, BoxError, Events, Revision};
+
+/// The error returned by [`Source::materialize`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The app has no repository.
+    #[error("app {app} has no repository: create it first with `hephy apps create {app}`")]
+    UnknownApp {
+        /// The app.
+        app: AppName,
+    },
+    /// The commit is not in the repository.
+    #[error("commit {commit} is not in the repository of {app}: push it first")]
+    UnknownCommit {
+        /// The app.
+        app: AppName,
+        /// The commit asked for.
+        commit: String,
+    },
+    /// The source holds something that cannot be built safely.
+    #[error("{problem}")]
+    Invalid {
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// Writing the build context failed.
+    #[error("cannot write the build context to {}: {source}", path.display())]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{message}")]
+    Other {
+        /// What failed.
+        message: String,
+        /// Why.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// Materializes a revision of an app's source into a directory, ready to build.
+///
+/// The git implementation lives in `hephy-git`; the CLI's `hephy build` uses no source and
+/// builds the current checkout directly.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Writes the files of `revision` of `app` into the empty directory `dest` and returns the
+    /// revision with everything the source knows of it (ref, author, message, time).
+    async fn materialize(
+        &self,
+        app: &AppName,
+        revision: &Revision,
+        dest: &Path,
+        events: &Events,
+    ) -> Result<Revision, SourceError>;
+}
+
+#[async_trait]
+impl<T: Source + ?Sized> Source for Arc<T> {
+    async fn materialize(
+        &self,
+        app: &AppName,
+        revision: &Revision,
+        dest: &Path,
+        events: &Events,
+    ) -> Result<Revision, SourceError> {
+        (**self).materialize(app, revision, dest, events).await
+    }
+}
+
+#[async_trait]
+impl<T: Source + ?Sized> Source for Box<T> {
+    async fn materialize(
+        &self,
+        app: &AppName,
+        revision: &Revision,
+        dest: &Path,
+        events: &Events,
+    ) -> Result<Revision, SourceError> {
+        (**self).materialize(app, revision, dest, events).await
+    }
+}

@@ -1,0 +1,1 @@
+//! hephy-deploy: under construction.

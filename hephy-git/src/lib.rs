@@ -1,0 +1,1 @@
+//! hephy-git: under construction.
