@@ -400,8 +400,9 @@ impl AppConfig {
     /// Parses `hephy.toml` text; `file` names it in errors.
     pub fn from_toml(file: &str, src: &str) -> Result<AppConfig, ConfigError> {
         let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let offset = e.span().map(|s| s.start);
-            ConfigError::at(file, src, offset, e.message().trim_end().to_owned())
+            let message = e.message().trim_end().to_owned();
+            let offset = e.span().map(|s| refine_offset(src, s.start, &message));
+            ConfigError::at(file, src, offset, message)
         })?;
         let mut build = BuildConfig::default();
         if let Some(spanned) = raw.build {
@@ -481,6 +482,32 @@ impl AppConfig {
             )),
         }
     }
+}
+
+/// Errors raised inside the `[build]` table carry the table's position; point at the key instead.
+fn refine_offset(src: &str, offset: usize, message: &str) -> usize {
+    if !src[offset.min(src.len())..].starts_with('[') {
+        return offset;
+    }
+    let key = if let Some(rest) = message.strip_prefix("unknown field `") {
+        rest.split('`').next()
+    } else if message.starts_with("invalid timeout") {
+        Some("timeout")
+    } else {
+        None
+    };
+    let Some(key) = key else { return offset };
+    let mut pos = offset;
+    for line in src[offset..].split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with('='))
+        {
+            return pos + (line.len() - t.len());
+        }
+        pos += line.len();
+    }
+    offset
 }
 
 pub(crate) mod humantime_serde {

@@ -628,7 +628,7 @@ impl Pipeline {
                     error: Box::new(error),
                 })?;
             ev.log(format!(
-                "Building for {}",
+                "Platforms: {}",
                 platforms
                     .iter()
                     .map(|p| p.to_string())

@@ -1,1 +1,10 @@
-//! Integration tests of hephy-core.
+//! Integration tests of hephy-core: value types, `hephy.toml`, events, the pipeline and the
+//! public API snapshot.
+
+mod api;
+mod config;
+mod events;
+mod pipeline;
+mod values;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;

@@ -1,0 +1,191 @@
+//! A snapshot of hephy-core's public API, so every change to it is deliberate and visible in
+//! review. (`cargo public-api` needs a nightly toolchain; this walks the source with `syn`.)
+
+use std::path::Path;
+
+use quote::ToTokens;
+use syn::{ImplItem, Item, TraitItem, Visibility};
+
+use crate::Result;
+
+fn is_pub(v: &Visibility) -> bool {
+    matches!(v, Visibility::Public(_))
+}
+
+fn tokens(t: &impl ToTokens) -> String {
+    t.to_token_stream().to_string()
+}
+
+fn marks(attrs: &[syn::Attribute]) -> String {
+    let mut m = vec![];
+    for a in attrs {
+        if a.path().is_ident("non_exhaustive") {
+            m.push("#[non_exhaustive] ");
+        }
+    }
+    m.concat()
+}
+
+fn derives(attrs: &[syn::Attribute]) -> String {
+    let mut out = vec![];
+    for a in attrs {
+        if a.path().is_ident("derive") {
+            if let Ok(list) = a.meta.require_list() {
+                out.push(list.tokens.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        String::new()
+    } else {
+        format!(" derives({})", out.join(", "))
+    }
+}
+
+fn walk(module: &str, items: &[Item], out: &mut Vec<String>) {
+    for item in items {
+        match item {
+            Item::Struct(s) if is_pub(&s.vis) => {
+                let fields: Vec<String> = s
+                    .fields
+                    .iter()
+                    .filter(|f| is_pub(&f.vis))
+                    .map(|f| {
+                        format!(
+                            "{}: {}",
+                            f.ident.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+                            tokens(&f.ty)
+                        )
+                    })
+                    .collect();
+                out.push(format!(
+                    "{module}: {}pub struct {}{}{} {{ {} }}",
+                    marks(&s.attrs),
+                    s.ident,
+                    tokens(&s.generics),
+                    derives(&s.attrs),
+                    fields.join(", ")
+                ));
+            }
+            Item::Enum(e) if is_pub(&e.vis) => {
+                let variants: Vec<String> = e
+                    .variants
+                    .iter()
+                    .map(|v| {
+                        let fields: Vec<String> = v
+                            .fields
+                            .iter()
+                            .map(|f| match &f.ident {
+                                Some(i) => format!("{i}: {}", tokens(&f.ty)),
+                                None => tokens(&f.ty),
+                            })
+                            .collect();
+                        if fields.is_empty() {
+                            v.ident.to_string()
+                        } else {
+                            format!("{}({})", v.ident, fields.join(", "))
+                        }
+                    })
+                    .collect();
+                out.push(format!(
+                    "{module}: {}pub enum {}{} {{ {} }}",
+                    marks(&e.attrs),
+                    e.ident,
+                    derives(&e.attrs),
+                    variants.join(", ")
+                ));
+            }
+            Item::Trait(t) if is_pub(&t.vis) => {
+                out.push(format!(
+                    "{module}: pub trait {}: {}",
+                    t.ident,
+                    tokens(&t.supertraits)
+                ));
+                for ti in &t.items {
+                    if let TraitItem::Fn(f) = ti {
+                        let default = if f.default.is_some() {
+                            " (provided)"
+                        } else {
+                            ""
+                        };
+                        out.push(format!(
+                            "{module}:   trait {} {}{default}",
+                            t.ident,
+                            tokens(&f.sig)
+                        ));
+                    }
+                }
+            }
+            Item::Fn(f) if is_pub(&f.vis) => {
+                out.push(format!("{module}: pub {}", tokens(&f.sig)));
+            }
+            Item::Const(c) if is_pub(&c.vis) => {
+                out.push(format!(
+                    "{module}: pub const {}: {}",
+                    c.ident,
+                    tokens(&c.ty)
+                ));
+            }
+            Item::Type(t) if is_pub(&t.vis) => {
+                out.push(format!(
+                    "{module}: pub type {} = {}",
+                    t.ident,
+                    tokens(&t.ty)
+                ));
+            }
+            Item::Use(u) if is_pub(&u.vis) => {
+                out.push(format!("{module}: pub use {}", tokens(&u.tree)));
+            }
+            Item::Impl(i) => {
+                let header = match &i.trait_ {
+                    Some((_, path, _)) => {
+                        format!("impl {} for {}", tokens(path), tokens(&i.self_ty))
+                    }
+                    None => format!("impl {}", tokens(&i.self_ty)),
+                };
+                if i.trait_.is_some() {
+                    out.push(format!("{module}: {header}"));
+                    continue;
+                }
+                for ii in &i.items {
+                    match ii {
+                        ImplItem::Fn(f) if is_pub(&f.vis) => {
+                            out.push(format!("{module}: {header} :: {}", tokens(&f.sig)));
+                        }
+                        ImplItem::Const(c) if is_pub(&c.vis) => {
+                            out.push(format!(
+                                "{module}: {header} :: const {}: {}",
+                                c.ident,
+                                tokens(&c.ty)
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn public_api() -> Result {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files: Vec<_> = std::fs::read_dir(&src)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let mut out = vec![];
+    for f in files {
+        let module = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let file = syn::parse_file(&std::fs::read_to_string(&f)?)?;
+        walk(&module, &file.items, &mut out);
+    }
+    insta::assert_snapshot!(out.join("\n"));
+    Ok(())
+}
