@@ -1,0 +1,148 @@
+//! Running build tools: every output line goes to [`Events`] as it comes, the last lines are
+//! kept for the error, and dropping the future kills the child.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use hephy_core::{BuildError, Events};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+/// How many output lines [`run`] keeps for the error message by default.
+pub const TAIL_LINES: usize = 40;
+
+/// The error returned by [`run`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The program is not installed (or not executable).
+    #[error("{program} not found: {source}")]
+    NotFound {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program ran and failed.
+    #[error("{program} failed ({status}):\n{}", tail.join("\n"))]
+    Failed {
+        /// The program.
+        program: String,
+        /// How it ended.
+        status: String,
+        /// Its last output lines.
+        tail: Vec<String>,
+    },
+    /// Starting or watching the program failed.
+    #[error("cannot run {program}: {source}")]
+    Io {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ExecError {
+    /// A [`BuildError`]: [`BuildError::ToolMissing`] with `hint` for a missing program,
+    /// [`BuildError::Failed`] carrying the last lines for a failure.
+    pub fn into_build_error(self, hint: &str) -> BuildError {
+        match self {
+            ExecError::NotFound { program, .. } => BuildError::ToolMissing {
+                tool: program,
+                hint: hint.to_owned(),
+            },
+            e @ ExecError::Failed { .. } => BuildError::Failed {
+                message: e.to_string(),
+            },
+            ExecError::Io { program, source } => {
+                BuildError::other(format!("cannot run {program}"), source)
+            }
+        }
+    }
+}
+
+/// What a successful [`run`] printed, its last lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecOutput {
+    /// The last lines of stdout and stderr, interleaved as they came.
+    pub tail: Vec<String>,
+}
+
+/// Runs `cmd` to its end with stdin closed, sending each line of stdout and stderr to `events`
+/// and keeping the last `tail_lines` for the error. The child is killed if the future is dropped.
+pub async fn run(
+    mut cmd: Command,
+    events: &Events,
+    tail_lines: usize,
+) -> Result<ExecOutput, ExecError> {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| {
+        if matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+        ) {
+            ExecError::NotFound {
+                program: program.clone(),
+                source,
+            }
+        } else {
+            ExecError::Io {
+                program: program.clone(),
+                source,
+            }
+        }
+    })?;
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(tail_lines)));
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let pump_out = pump(out, events.clone(), tail.clone(), tail_lines);
+    let pump_err = pump(err, events.clone(), tail.clone(), tail_lines);
+    let (status, _, _) = tokio::join!(child.wait(), pump_out, pump_err);
+    let status = status.map_err(|source| ExecError::Io {
+        program: program.clone(),
+        source,
+    })?;
+    let tail: Vec<String> = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    if status.success() {
+        Ok(ExecOutput { tail })
+    } else {
+        Err(ExecError::Failed {
+            program,
+            status: status.to_string(),
+            tail,
+        })
+    }
+}
+
+async fn pump<R: AsyncRead + Unpin>(
+    r: Option<R>,
+    events: Events,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    keep: usize,
+) {
+    let Some(r) = r else { return };
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        events.log(&line);
+        if keep > 0 {
+            if let Ok(mut t) = tail.lock() {
+                if t.len() == keep {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! [`FilesBackend`]: a directory of the context shipped as it is, on a base image: the backend
+//! for prebuilt artifacts and static assets.
+//!
+//! `[build.files]` keys: `dir` (relative to the context; default the whole context less `.git`
+//! and `hephy.toml`), `dest` (where it goes in the image, default `/app`), `entrypoint` and `cmd`
+//! (lists), `env` (table), `user` (default `65532`), `workdir` (default `dest`), `base` (see
+//! [`BaseImage`]; `"scratch"` for no base at all), and `split` (default true: large trees are
+//! split into several layers so a change re-uploads little, see
+//! [`plan_layers`](crate::layer::plan_layers)). `PORT` is set from `[deploy] port`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hephy_core::{
+    async_trait, AppConfig, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence,
+    Detection, Events, Platform, CONFIG_FILE,
+};
+use serde::Deserialize;
+
+use crate::base::{BaseImage, APP_UID};
+use crate::image::{ImageBuilder, WrittenImage};
+use crate::layer::SplitOptions;
+use crate::layout::OciLayout;
+
+/// The `[build.files]` table of `hephy.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+#[non_exhaustive]
+pub struct FilesSettings {
+    /// The directory to ship, relative to the context (default: all of it).
+    pub dir: Option<PathBuf>,
+    /// Where it goes in the image.
+    pub dest: String,
+    /// The entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// The command.
+    pub cmd: Option<Vec<String>>,
+    /// Environment variables of the app.
+    pub env: BTreeMap<String, String>,
+    /// The user the app runs as.
+    pub user: String,
+    /// The working directory (default: `dest`).
+    pub workdir: Option<String>,
+    /// The base image.
+    pub base: BaseImage,
+    /// Whether to split large trees into several layers.
+    pub split: bool,
+}
+
+impl Default for FilesSettings {
+    fn default() -> Self {
+        FilesSettings {
+            dir: None,
+            dest: "/app".to_owned(),
+            entrypoint: None,
+            cmd: None,
+            env: BTreeMap::new(),
+            user: APP_UID.to_string(),
+            workdir: None,
+            base: BaseImage::Default,
+            split: true,
+        }
+    }
+}
+
+impl FilesSettings {
+    /// Sets the base image.
+    pub fn with_base(mut self, base: BaseImage) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Sets where the files go in the image.
+    pub fn with_dest(mut self, dest: impl Into<String>) -> Self {
+        self.dest = dest.into();
+        self
+    }
+
+    /// Sets the entrypoint.
+    pub fn with_entrypoint(mut self, args: Vec<String>) -> Self {
+        self.entrypoint = Some(args);
+        self
+    }
+}
+
+/// Ships a directory as an image (backend name `"files"`); detects any context with
+/// [`Confidence::Low`], as the fallback.
+#[derive(Debug, Clone, Default)]
+pub struct FilesBackend {
+    split: SplitOptions,
+}
+
+impl FilesBackend {
+    /// A files backend with the default layer split.
+    pub fn new() -> Self {
+        FilesBackend::default()
+    }
+
+    /// Splits large trees with `split` instead of the defaults.
+    pub fn with_split(mut self, split: SplitOptions) -> Self {
+        self.split = split;
+        self
+    }
+}
+
+/// Builds the image of `ctx` with `settings` for `platform` into the OCI layout at `out_dir`
+/// (created if needed), named `latest` there. This is what [`FilesBackend`] does, for callers
+/// that have a directory and no pipeline (benchmarks, tools).
+pub async fn build_files_image(
+    ctx: &BuildContext,
+    settings: &FilesSettings,
+    split: &SplitOptions,
+    platform: &Platform,
+    out_dir: &Path,
+) -> Result<WrittenImage, BuildError> {
+    let source_dir = match &settings.dir {
+        Some(d) => ctx.dir().join(d),
+        None => ctx.dir().to_owned(),
+    };
+    if !source_dir.is_dir() {
+        return Err(BuildError::InvalidContext {
+            problem: format!(
+                "[build.files] dir {} is not a directory of the context: create it or fix the setting",
+                source_dir.display()
+            ),
+        });
+    }
+    let whole = settings.dir.is_none();
+    let skip = move |p: &str| whole && (p == ".git" || p == CONFIG_FILE);
+    let layout = OciLayout::create(out_dir)
+        .map_err(|e| BuildError::other("cannot create the image layout", e))?;
+    let port = ctx.config().deploy.port;
+    let dest = settings.dest.trim_matches('/').to_owned();
+    let base = settings.base.resolve(platform, &layout, ctx.dir()).await?;
+    let mut image = ImageBuilder::for_context(ctx, platform.clone())
+        .base(base)
+        .dir_filtered(
+            source_dir,
+            dest.clone(),
+            skip,
+            settings.split.then_some(*split),
+        )
+        .env("PORT", port.to_string())
+        .user(settings.user.clone())
+        .workdir(
+            settings
+                .workdir
+                .clone()
+                .unwrap_or_else(|| format!("/{dest}")),
+        )
+        .expose(port);
+    for (k, v) in &settings.env {
+        image = image.env(k.clone(), v.clone());
+    }
+    if let Some(ep) = &settings.entrypoint {
+        image = image.entrypoint(ep.clone());
+    }
+    if let Some(cmd) = &settings.cmd {
+        image = image.cmd(cmd.clone());
+    }
+    Ok(image.write(&layout, Some("latest")).await?)
+}
+
+/// Builds the directory `dir` as a files image with default settings but `settings`, for
+/// `platform`, into the OCI layout at `out_dir`; the shortest way from a directory to an image.
+pub async fn build_dir_image(
+    dir: &Path,
+    settings: &FilesSettings,
+    platform: &Platform,
+    out_dir: &Path,
+) -> Result<WrittenImage, BuildError> {
+    let ctx = BuildContext::new(dir, AppConfig::default());
+    build_files_image(&ctx, settings, &SplitOptions::default(), platform, out_dir).await
+}
+
+#[async_trait]
+impl Backend for FilesBackend {
+    fn name(&self) -> &str {
+        "files"
+    }
+
+    async fn detect(&self, _ctx: &BuildContext) -> Detection {
+        Detection::yes(
+            "files",
+            Confidence::Low,
+            "any directory can be shipped as files",
+        )
+    }
+
+    async fn check(&self, ctx: &BuildContext, _platforms: &[Platform]) -> Result<(), BuildError> {
+        settings(ctx).map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        let s = settings(ctx)?;
+        let written =
+            build_files_image(ctx, &s, &self.split, &target.platform, &target.out_dir).await?;
+        let bytes: u64 = written.new_layers.iter().map(|l| l.size).sum();
+        events.log(format!(
+            "image {} ({} new layers, {bytes} bytes compressed)",
+            written.digest,
+            written.new_layers.len()
+        ));
+        Ok(BuiltImage::new(
+            Some(target.platform.clone()),
+            &target.out_dir,
+            written.digest,
+        ))
+    }
+}
+
+fn settings(ctx: &BuildContext) -> Result<FilesSettings, BuildError> {
+    ctx.config()
+        .build
+        .backend_settings::<FilesSettings>("files")
+        .map_err(|e| BuildError::InvalidContext {
+            problem: e.to_string(),
+        })
+}

@@ -1,0 +1,340 @@
+//! [`GoBackend`]: Go apps built ko-style, without a daemon or a Dockerfile.
+//!
+//! The main package is compiled with `go build -trimpath -buildvcs=false` and `CGO_ENABLED=0`
+//! for each platform's `GOOS`/`GOARCH` (and `GOARM`), then put on a base image (the default
+//! static base unless `base` says otherwise):
+//!
+//! | in the image | what |
+//! | --- | --- |
+//! | `/app/NAME` | the binary, the entrypoint (NAME is the main package's directory name, or the module's last path element for `.`) |
+//! | `/var/run/hephy/data/` | the `data` directory, when set (like ko's `kodata`); `HEPHY_DATA_PATH` points to it |
+//! | `PORT` | the `[deploy] port`; the app runs as user 65532 |
+//!
+//! `[build.go]` keys: `main` (package to build, default `"."`), `ldflags`, `tags` (list),
+//! `data` (directory, relative to the context), `toolchain` (path to `go`), `base` (see
+//! [`BaseImage`]). Compiled packages are cached in `$XDG_CACHE_HOME/hephy/go-build` (or
+//! `~/.cache/hephy/go-build`) across builds; `GOPROXY`, `GOFLAGS` and the rest of the environment
+//! pass through, and `[build] env` is added.
+
+use std::path::{Path, PathBuf};
+
+use hephy_core::{
+    async_trait, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence, Detection,
+    Events, Platform,
+};
+use serde::Deserialize;
+
+use crate::base::{BaseImage, APP_UID};
+use crate::exec;
+use crate::image::ImageBuilder;
+use crate::layer::Entry;
+use crate::layout::OciLayout;
+
+/// Where the `data` directory goes in the image.
+pub const DATA_PATH: &str = "/var/run/hephy/data";
+
+/// The `[build.go]` table of `hephy.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct GoSettings {
+    /// The main package, relative to the context (`"."` by default, `"./cmd/server"`).
+    #[serde(default)]
+    pub main: Option<String>,
+    /// `-ldflags` for `go build`.
+    #[serde(default)]
+    pub ldflags: Option<String>,
+    /// Build tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A directory shipped beside the binary at [`DATA_PATH`].
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// The `go` program to run (default: `go` on `PATH`).
+    #[serde(default)]
+    pub toolchain: Option<PathBuf>,
+    /// The base image.
+    #[serde(default)]
+    pub base: BaseImage,
+}
+
+/// Builds Go apps (backend name `"go"`), detected by `go.mod`.
+#[derive(Debug, Clone, Default)]
+pub struct GoBackend {
+    cache_dir: Option<PathBuf>,
+}
+
+const INSTALL_HINT: &str =
+    "install Go (apt-get install golang-go) or set [build.go] toolchain = \"/path/to/go\" in hephy.toml";
+
+impl GoBackend {
+    /// A Go backend with the default build cache.
+    pub fn new() -> Self {
+        GoBackend::default()
+    }
+
+    /// Uses `dir` as `GOCACHE` instead of the default.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The `GOCACHE` used: the one set, else `$XDG_CACHE_HOME/hephy/go-build`, else
+    /// `$HOME/.cache/hephy/go-build`, else one in the temp directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cache_dir {
+            return d.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("hephy").join("go-build")
+    }
+}
+
+fn settings(ctx: &BuildContext) -> Result<GoSettings, BuildError> {
+    ctx.config()
+        .build
+        .backend_settings::<GoSettings>("go")
+        .map_err(|e| BuildError::InvalidContext {
+            problem: e.to_string(),
+        })
+}
+
+/// The module path named in `go.mod`.
+pub fn module_path(go_mod: &str) -> Option<String> {
+    go_mod.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("module")?;
+        if !rest.starts_with(char::is_whitespace) {
+            return None;
+        }
+        let m = rest.trim().trim_matches('"');
+        (!m.is_empty()).then(|| m.to_owned())
+    })
+}
+
+fn goarch(platform: &Platform) -> Result<(String, Option<String>), BuildError> {
+    let unsupported = |hint: &str| BuildError::UnsupportedPlatform {
+        backend: "go".to_owned(),
+        platform: platform.clone(),
+        hint: hint.to_owned(),
+    };
+    if platform.os() != "linux" {
+        return Err(unsupported("images are Linux images; build for linux/ARCH"));
+    }
+    let arch = platform.architecture();
+    match arch {
+        "amd64" | "arm64" | "386" | "ppc64le" | "s390x" | "riscv64" | "mips64le" | "loong64" => {
+            Ok((arch.to_owned(), None))
+        }
+        "arm" => {
+            let goarm = match platform.variant() {
+                Some("v5") => "5",
+                Some("v6") => "6",
+                _ => "7",
+            };
+            Ok((arch.to_owned(), Some(goarm.to_owned())))
+        }
+        _ => Err(unsupported(
+            "Go builds Linux images for amd64, arm64, arm, 386, ppc64le, s390x, riscv64, mips64le and loong64",
+        )),
+    }
+}
+
+fn binary_name(module: Option<&str>, main: &str) -> String {
+    let from_main = Path::new(main)
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .next_back();
+    let raw = from_main
+        .or_else(|| module.and_then(|m| m.rsplit('/').next()))
+        .unwrap_or("app");
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.is_empty() || clean.starts_with('.') {
+        "app".to_owned()
+    } else {
+        clean
+    }
+}
+
+fn toolchain(s: &GoSettings, ctx: &BuildContext) -> Result<PathBuf, BuildError> {
+    match &s.toolchain {
+        Some(p) => {
+            let p = if p.is_relative() && p.components().count() > 1 {
+                ctx.dir().join(p)
+            } else {
+                p.clone()
+            };
+            if p.components().count() > 1 && !p.is_file() {
+                return Err(BuildError::ToolMissing {
+                    tool: format!("go ({})", p.display()),
+                    hint: format!(
+                        "[build.go] toolchain points to {}, which does not exist; {INSTALL_HINT}",
+                        p.display()
+                    ),
+                });
+            }
+            Ok(p)
+        }
+        None => Ok(PathBuf::from("go")),
+    }
+}
+
+#[async_trait]
+impl Backend for GoBackend {
+    fn name(&self) -> &str {
+        "go"
+    }
+
+    async fn detect(&self, ctx: &BuildContext) -> Detection {
+        match tokio::fs::read_to_string(ctx.dir().join("go.mod")).await {
+            Ok(text) => match module_path(&text) {
+                Some(m) => {
+                    Detection::yes("go", Confidence::High, format!("found go.mod (module {m})"))
+                }
+                None => Detection::yes(
+                    "go",
+                    Confidence::Medium,
+                    "found go.mod without a module line",
+                ),
+            },
+            Err(_) => Detection::no("go", "no go.mod at the root of the context"),
+        }
+    }
+
+    async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
+        let s = settings(ctx)?;
+        for p in platforms {
+            goarch(p)?;
+        }
+        toolchain(&s, ctx)?;
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        let s = settings(ctx)?;
+        let (arch, goarm) = goarch(&target.platform)?;
+        let go = toolchain(&s, ctx)?;
+        let module = tokio::fs::read_to_string(ctx.dir().join("go.mod"))
+            .await
+            .ok()
+            .and_then(|t| module_path(&t));
+        let main = s.main.clone().unwrap_or_else(|| ".".to_owned());
+        let name = binary_name(module.as_deref(), &main);
+        let work = target.out_dir.join(".hephy-go");
+        tokio::fs::create_dir_all(&work)
+            .await
+            .map_err(|e| BuildError::other(format!("cannot create {}", work.display()), e))?;
+        let bin = work.join(&name);
+        let cache = self.cache_dir();
+        tokio::fs::create_dir_all(&cache).await.map_err(|e| {
+            BuildError::other(format!("cannot create GOCACHE {}", cache.display()), e)
+        })?;
+
+        let mut cmd = tokio::process::Command::new(&go);
+        cmd.current_dir(ctx.dir())
+            .arg("build")
+            .arg("-trimpath")
+            .arg("-buildvcs=false")
+            .arg("-o")
+            .arg(&bin);
+        if !s.tags.is_empty() {
+            cmd.arg("-tags").arg(s.tags.join(","));
+        }
+        if let Some(l) = &s.ldflags {
+            cmd.arg("-ldflags").arg(l);
+        }
+        cmd.arg(&main);
+        for (k, v) in &ctx.config().build.env {
+            cmd.env(k, v);
+        }
+        cmd.env("CGO_ENABLED", "0")
+            .env("GOOS", "linux")
+            .env("GOARCH", &arch)
+            .env("GOCACHE", &cache);
+        match goarm {
+            Some(v) => cmd.env("GOARM", v),
+            None => cmd.env_remove("GOARM"),
+        };
+        if std::env::var_os("HOME").is_none() && std::env::var_os("GOPATH").is_none() {
+            // Go refuses to run without a GOPATH, which it derives from HOME.
+            cmd.env("GOPATH", cache.with_file_name("gopath"));
+        }
+        events.log(format!(
+            "go build -trimpath -o /app/{name} {main} (GOOS=linux GOARCH={arch})"
+        ));
+        exec::run(cmd, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| match e {
+                exec::ExecError::Failed { tail, status, .. } => BuildError::Failed {
+                    message: format!("go build failed ({status}):\n{}", tail.join("\n")),
+                },
+                other => other.into_build_error(INSTALL_HINT),
+            })?;
+
+        let layout = OciLayout::create(&target.out_dir)
+            .map_err(|e| BuildError::other("cannot create the image layout", e))?;
+        let base = s.base.resolve(&target.platform, &layout, ctx.dir()).await?;
+        let size = tokio::fs::metadata(&bin)
+            .await
+            .map_err(|e| BuildError::other(format!("go build wrote no {}", bin.display()), e))?
+            .len();
+        let port = ctx.config().deploy.port;
+        let mut image = ImageBuilder::for_context(ctx, target.platform.clone())
+            .base(base)
+            .entries(vec![Entry::file(format!("app/{name}"), &bin, size, true)])
+            .entrypoint([format!("/app/{name}")])
+            .env("PORT", port.to_string())
+            .user(APP_UID.to_string())
+            .expose(port);
+        if let Some(data) = &s.data {
+            let dir = ctx.dir().join(data);
+            if !dir.is_dir() {
+                return Err(BuildError::InvalidContext {
+                    problem: format!(
+                        "[build.go] data = {:?} is not a directory of the context: create it or remove the setting",
+                        data.display()
+                    ),
+                });
+            }
+            image = image
+                .dir(dir, DATA_PATH.trim_start_matches('/'))
+                .env("HEPHY_DATA_PATH", DATA_PATH);
+        }
+        let written = image.write(&layout, Some("latest")).await?;
+        let _ = tokio::fs::remove_dir_all(&work).await;
+        events.log(format!(
+            "image {} ({} bytes of binary)",
+            written.digest, size
+        ));
+        Ok(BuiltImage::new(
+            Some(target.platform.clone()),
+            &target.out_dir,
+            written.digest,
+        ))
+    }
+}
