@@ -1,0 +1,452 @@
+//! The server side of `git push` (receive-pack, protocol v0/v1), on gitoxide building blocks.
+//!
+//! One session: advertise refs, read the ref-update commands, receive and index the pack, check
+//! that every new tip is complete, run the pipeline for the deploy branch like a pre-receive hook
+//! (its events go to the pusher on side-band 2 as they happen), update the refs with
+//! compare-and-swap, and report each ref's status.
+
+pub(crate) mod commands;
+pub(crate) mod pack;
+pub(crate) mod pktline;
+pub(crate) mod refs;
+
+use std::collections::HashSet;
+use std::io;
+use std::time::Duration;
+
+use hephy_core::{format_elapsed, AppName, Events, Job, Report, Revision, Stage};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
+
+use crate::auth::User;
+use crate::lock::{LockError, PushGuard};
+use crate::server::Inner;
+use commands::{Command, Request};
+use pktline::Output;
+
+/// The error returned by [`GitServer::receive_pack`](crate::GitServer::receive_pack).
+///
+/// Problems with single refs (a failed build, a stale old value) are not errors: they are
+/// reported to the client as `ng` lines and the session ends normally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The app has no repository.
+    #[error("app {app} does not exist: create it first with `hephy apps create {app}`")]
+    UnknownApp {
+        /// The app.
+        app: AppName,
+    },
+    /// The user may not push to the app.
+    #[error("{user} may not push to {app}: ask an admin to grant access to {app}")]
+    Forbidden {
+        /// The user.
+        user: String,
+        /// The app.
+        app: AppName,
+    },
+    /// Another push to the app is running (or its lock file is unusable).
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    /// The client broke the protocol.
+    #[error("protocol error: {message}")]
+    Protocol {
+        /// What was wrong.
+        message: String,
+    },
+    /// The connection failed or the client went away; a running build was cancelled.
+    #[error("the connection to the client failed: {0}")]
+    Connection(#[from] io::Error),
+    /// The repository could not be read.
+    #[error("cannot read the repository of {app}: {message}; check the data directory")]
+    Repository {
+        /// The app.
+        app: AppName,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl ReceiveError {
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        ReceiveError::Protocol {
+            message: message.into(),
+        }
+    }
+}
+
+/// How the session is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One connection for advertisement, request and response (SSH, `git daemon`).
+    FullDuplex,
+    /// Smart HTTP's POST: the advertisement was an earlier request.
+    Stateless,
+}
+
+fn err_pkt(message: &str) -> Vec<u8> {
+    let mut out = vec![];
+    let text = format!("ERR {message}\n");
+    let bytes = text.as_bytes();
+    pktline::encode(&bytes[..bytes.len().min(pktline::MAX_DATA)], &mut out);
+    out
+}
+
+/// Checks that the app exists and the user may push to it.
+pub(crate) fn authorize(inner: &Inner, user: &User, app: &AppName) -> Result<(), ReceiveError> {
+    if !inner.repos.exists(app) {
+        return Err(ReceiveError::UnknownApp { app: app.clone() });
+    }
+    if let Some(accounts) = &inner.accounts {
+        if !accounts.may_push(user, app) {
+            return Err(ReceiveError::Forbidden {
+                user: user.name.clone(),
+                app: app.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The advertisement of `app` as pkt-lines; a push that cannot start now gets an `ERR` line the
+/// client prints as `fatal: remote error: ...`.
+pub(crate) fn advertise(inner: &Inner, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
+    if let Some(holder) = inner.locks.holder(app) {
+        let busy = LockError::Busy {
+            app: app.clone(),
+            holder,
+        };
+        return Ok(err_pkt(&busy.to_string()));
+    }
+    let repo = inner.repos.open(app).map_err(|e| ReceiveError::Repository {
+        app: app.clone(),
+        message: e.to_string(),
+    })?;
+    let refs = refs::list(&repo).map_err(|message| ReceiveError::Repository {
+        app: app.clone(),
+        message,
+    })?;
+    Ok(refs::advertisement(&refs, version1))
+}
+
+/// Runs one session.
+pub(crate) async fn session<R, W>(
+    inner: &Inner,
+    user: &User,
+    app: &AppName,
+    input: R,
+    output: W,
+    mode: Mode,
+) -> Result<(), ReceiveError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut input = tokio::io::BufReader::with_capacity(64 * 1024, input);
+    let mut out = Output::new(output);
+    let mut guard = None;
+    if mode == Mode::FullDuplex {
+        if let Err(e) = authorize(inner, user, app) {
+            out.raw(&err_pkt(&e.to_string())).await?;
+            return Err(e);
+        }
+        match inner.locks.try_lock(app, &user.name) {
+            Ok(g) => guard = Some(g),
+            Err(e) => {
+                out.raw(&err_pkt(&e.to_string())).await?;
+                return Err(e.into());
+            }
+        }
+        let ad = advertise(inner, app, false)?;
+        out.raw(&ad).await?;
+    } else {
+        authorize(inner, user, app)?;
+    }
+    let req = commands::read_request(&mut input).await?;
+    if req.commands.is_empty() {
+        return Ok(());
+    }
+    out.set_band(req.caps.band_size(), req.caps.quiet);
+    let guard: PushGuard = match guard {
+        Some(g) => g,
+        None => match inner.locks.try_lock(app, &user.name) {
+            Ok(g) => g,
+            Err(e) => {
+                // Read what the client still sends, so it gets to read the answer.
+                let mut sink = tokio::io::sink();
+                let mut limited = (&mut input).take(inner.max_push_bytes);
+                let _ = tokio::io::copy(&mut limited, &mut sink).await;
+                let reason = e.to_string();
+                out.message(&format!("error: {reason}\n")).await?;
+                report(&mut out, &req, Ok(()), &vec![Err(reason); req.commands.len()]).await?;
+                return Err(e.into());
+            }
+        },
+    };
+    let r = process(inner, user, app, &mut input, &mut out, req).await;
+    drop(guard);
+    r
+}
+
+async fn process<R, W>(
+    inner: &Inner,
+    user: &User,
+    app: &AppName,
+    input: &mut R,
+    out: &mut Output<W>,
+    req: Request,
+) -> Result<(), ReceiveError>
+where
+    R: AsyncBufRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let repo_dir = inner.repos.path(app);
+    let repo_err = |message: String| ReceiveError::Repository {
+        app: app.clone(),
+        message,
+    };
+
+    // The pack, unless every command is a delete.
+    let mut pack = None;
+    if req.commands.iter().any(|c| !c.is_delete()) {
+        match pack::receive(input, &repo_dir, inner.max_push_bytes).await {
+            Ok(p) => pack = p,
+            Err(e) => {
+                let reason = e.to_string();
+                out.message(&format!("error: {reason}\n")).await?;
+                let ng = vec![Err("unpacker error".to_owned()); req.commands.len()];
+                report(out, &req, Err(reason), &ng).await?;
+                return Ok(());
+            }
+        }
+    }
+    if let Some(p) = &pack {
+        out.progress(&format!("Received {} objects\n", p.len())).await?;
+    }
+
+    // Check every command before changing anything.
+    let repo = crate::repo::open_isolated(&repo_dir).map_err(|e| repo_err(e.to_string()))?;
+    let mut status: Vec<Result<(), String>> = Vec::with_capacity(req.commands.len());
+    let mut seen = HashSet::new();
+    for cmd in &req.commands {
+        let current = repo
+            .try_find_reference(cmd.name.as_str())
+            .ok()
+            .flatten()
+            .and_then(|r| r.target().try_id().map(|id| id.to_owned()));
+        let mut r = refs::check(&repo, cmd, current, req.caps.delete_refs);
+        if r.is_ok() && !cmd.is_delete() {
+            r = refs::connected(&repo, pack.as_ref(), cmd.new, &mut seen);
+        }
+        status.push(r);
+    }
+    let atomic_failure = |status: &mut Vec<Result<(), String>>| {
+        if req.caps.atomic && status.iter().any(|s| s.is_err()) {
+            for s in status.iter_mut().filter(|s| s.is_ok()) {
+                *s = Err("atomic push failed".into());
+            }
+        }
+    };
+    atomic_failure(&mut status);
+
+    // Build the deploy branch before its ref moves, like a pre-receive hook.
+    let mut built = None;
+    let deploy = req
+        .commands
+        .iter()
+        .position(|c| c.name == inner.deploy_ref && !c.is_delete());
+    if let Some(i) = deploy {
+        if status[i].is_ok() {
+            if let Some(pipeline) = &inner.pipeline {
+                match build(inner, pipeline, app, &req.commands[i], out).await? {
+                    Ok(report) => built = Some(report),
+                    Err(ng) => status[i] = Err(ng),
+                }
+                atomic_failure(&mut status);
+            }
+        }
+    }
+
+    // Update the refs: one transaction with atomic, else one per ref.
+    let ok: Vec<usize> = (0..req.commands.len()).filter(|i| status[*i].is_ok()).collect();
+    let mut updated = 0;
+    if req.caps.atomic && !ok.is_empty() {
+        let edits: Result<Vec<_>, _> = ok.iter().map(|i| refs::edit(&req.commands[*i])).collect();
+        match edits.and_then(|e| refs::apply(&repo, e, &user.name)) {
+            Ok(()) => updated = ok.len(),
+            Err(reason) => {
+                for i in &ok {
+                    status[*i] = Err(reason.clone());
+                }
+            }
+        }
+    } else {
+        for i in ok {
+            match refs::edit(&req.commands[i]).and_then(|e| refs::apply(&repo, vec![e], &user.name)) {
+                Ok(()) => updated += 1,
+                Err(reason) => status[i] = Err(reason),
+            }
+        }
+    }
+    if updated > 0 {
+        if let Some(p) = pack.take() {
+            p.accept();
+        }
+    }
+    if let (Some(report), Some(i)) = (&built, deploy) {
+        if status[i].is_ok() {
+            out.message(&summary(inner, app, report)).await?;
+        }
+    }
+    report(out, &req, Ok(()), &status).await?;
+    Ok(())
+}
+
+/// Sends report-status: `unpack ok` (or why not), then `ok REF` or `ng REF REASON` per command.
+async fn report<W: AsyncWrite + Unpin>(
+    out: &mut Output<W>,
+    req: &Request,
+    unpack: Result<(), String>,
+    status: &[Result<(), String>],
+) -> io::Result<()> {
+    if !req.caps.report_status {
+        return Ok(());
+    }
+    let mut pkts = vec![];
+    let line = match &unpack {
+        Ok(()) => "unpack ok\n".to_owned(),
+        Err(e) => format!("unpack {}\n", one_line(e)),
+    };
+    pktline::encode(line.as_bytes(), &mut pkts);
+    for (cmd, s) in req.commands.iter().zip(status) {
+        let line = match s {
+            Ok(()) => format!("ok {}\n", cmd.name),
+            Err(reason) => format!("ng {} {}\n", cmd.name, one_line(reason)),
+        };
+        let bytes = line.as_bytes();
+        pktline::encode(&bytes[..bytes.len().min(pktline::MAX_DATA)], &mut pkts);
+    }
+    pktline::flush(&mut pkts);
+    out.data(&pkts).await
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn stage_verb(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Source => "preparing the source",
+        Stage::Detect => "choosing a backend",
+        Stage::Build => "building",
+        Stage::Publish => "publishing",
+        Stage::Deploy => "deploying",
+        _ => "working",
+    }
+}
+
+/// Runs the pipeline for `cmd`, streaming its events; `Ok(Err(reason))` is a failed build, an
+/// `Err` a lost client (the pipeline was dropped, which cancels it).
+async fn build<W: AsyncWrite + Unpin + Send>(
+    inner: &Inner,
+    pipeline: &hephy_core::Pipeline,
+    app: &AppName,
+    cmd: &Command,
+    out: &mut Output<W>,
+) -> Result<Result<Report, String>, ReceiveError> {
+    let work_root = inner.data_dir.join("work");
+    let work = std::fs::create_dir_all(&work_root)
+        .and_then(|()| {
+            tempfile::Builder::new()
+                .prefix(&format!("{app}-"))
+                .tempdir_in(&work_root)
+        })
+        .map_err(|e| ReceiveError::Repository {
+            app: app.clone(),
+            message: format!("cannot create a work directory in {}: {e}", work_root.display()),
+        })?;
+    let revision = Revision::new(cmd.new.to_string()).with_ref_name(cmd.name.clone());
+    let job = Job::push(app.clone(), revision, work.path());
+    let (events, mut stream) = Events::channel();
+    let started = Instant::now();
+    let result = {
+        let run = pipeline.run(job, &events);
+        let limit = inner.build_timeout;
+        let run = async move {
+            match limit {
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(r) => r.map_err(|e| (Some(e.stage()), e.to_string())),
+                    Err(_) => Err((None, format!(
+                        "the push timed out after {}: make the build faster or raise the server's build timeout",
+                        humantime::format_duration(limit)
+                    ))),
+                },
+                None => run.await.map_err(|e| (Some(e.stage()), e.to_string())),
+            }
+        };
+        tokio::pin!(run);
+        let keepalive = inner.keepalive.max(Duration::from_millis(10));
+        let mut last_output = Instant::now();
+        let mut stage = Stage::Source;
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = stream.recv() => {
+                    stage = event.stage;
+                    out.progress(&format!("{}\n", event.render())).await?;
+                    last_output = Instant::now();
+                }
+                r = &mut run => break r,
+                () = tokio::time::sleep_until(last_output + keepalive) => {
+                    // Proxies drop connections that stay silent; this line also tells the
+                    // pusher the server is still at it.
+                    let line = format!(
+                        "       ... still {} ({})\n",
+                        stage_verb(stage),
+                        format_elapsed(started.elapsed())
+                    );
+                    // Written even to a quiet client: it is what keeps the connection open.
+                    out.message(&line).await?;
+                    last_output = Instant::now();
+                }
+            }
+        }
+    };
+    drop(events);
+    while let Some(event) = stream.recv().await {
+        out.progress(&format!("{}\n", event.render())).await?;
+    }
+    drop(work);
+    match result {
+        Ok(report) => Ok(Ok(report)),
+        Err((stage, message)) => {
+            let mut text = String::new();
+            for line in message.lines() {
+                text.push_str(&format!(" !     {line}\n"));
+            }
+            out.message(&text).await?;
+            let reason = match stage {
+                Some(Stage::Publish) => "publish failed",
+                Some(Stage::Deploy) => "deploy failed",
+                _ => "build failed",
+            };
+            Ok(Err(reason.to_owned()))
+        }
+    }
+}
+
+/// The last lines of a successful push: what was published, the release and its URL.
+fn summary(inner: &Inner, app: &AppName, report: &Report) -> String {
+    let mut s = String::new();
+    match &report.release {
+        Some(release) => s.push_str(&format!("-----> {app} deployed as {}\n", release.version)),
+        None => s.push_str(&format!("-----> {app} built and published (this server does not deploy)\n")),
+    }
+    s.push_str(&format!("       image: {}\n", report.published.reference));
+    if let Some(hook) = &inner.url_hook {
+        if let Some(url) = hook(app, report) {
+            s.push_str(&format!("       url:   {url}\n"));
+        }
+    }
+    s
+}

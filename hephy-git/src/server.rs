@@ -1,0 +1,388 @@
+//! [`GitServer`]: the app repositories of a data directory and the pushes into them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hephy_core::{AppName, Pipeline, Report};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::{Accounts, AuthError, User};
+use crate::lock::PushLocks;
+use crate::receive::{self, Mode, ReceiveError};
+use crate::repo::Repos;
+use crate::source::GitSource;
+
+/// Gives the URL of an app after a successful push, for the push's summary (the deployer knows
+/// where an app is served).
+pub type UrlHook = Arc<dyn Fn(&AppName, &Report) -> Option<String> + Send + Sync>;
+
+/// The default size limit of one push: 2 GiB.
+pub const DEFAULT_MAX_PUSH_BYTES: u64 = 2 << 30;
+
+/// The default interval of keepalive lines during silent stages.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+
+pub(crate) struct Inner {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) repos: Repos,
+    pub(crate) pipeline: Option<Arc<Pipeline>>,
+    pub(crate) accounts: Option<Accounts>,
+    pub(crate) deploy_branch: String,
+    pub(crate) deploy_ref: String,
+    pub(crate) max_push_bytes: u64,
+    pub(crate) keepalive: Duration,
+    pub(crate) build_timeout: Option<Duration>,
+    pub(crate) locks: PushLocks,
+    pub(crate) url_hook: Option<UrlHook>,
+}
+
+/// The git push server: one bare repository per app under `<data_dir>/repos/<app>.git`, the
+/// receive-pack protocol over any byte stream ([`GitServer::receive_pack`], used by SSH) and over
+/// smart HTTP ([`GitServer::http_router`]).
+///
+/// Cheap to clone; clones share everything, including the push locks.
+#[derive(Clone)]
+pub struct GitServer {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for GitServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitServer")
+            .field("data_dir", &self.inner.data_dir)
+            .field("deploy_branch", &self.inner.deploy_branch)
+            .field("pipeline", &self.inner.pipeline.is_some())
+            .field("accounts", &self.inner.accounts.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error returned by [`GitServerBuilder::build`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerBuildError {
+    /// The data directory cannot be used.
+    #[error("cannot use the data directory {}: {source}; create it or choose a writable one", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The deploy branch is not a valid branch name.
+    #[error("{branch:?} is not a valid deploy branch: use a branch name such as main")]
+    DeployBranch {
+        /// The name given.
+        branch: String,
+    },
+    /// A setting is out of range.
+    #[error("{0}")]
+    Setting(String),
+}
+
+/// The error returned by [`GitServer::create_app`], [`GitServer::delete_app`] and
+/// [`GitServer::apps`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The app already has a repository.
+    #[error("app {app} already exists: choose another name or delete it first")]
+    Exists {
+        /// The app.
+        app: AppName,
+    },
+    /// The app has no repository.
+    #[error("app {app} does not exist: create it first with `hephy apps create {app}`")]
+    Unknown {
+        /// The app.
+        app: AppName,
+    },
+    /// The repository could not be created.
+    #[error("cannot create the repository of {app} at {}: {message}", path.display())]
+    Init {
+        /// The app.
+        app: AppName,
+        /// The repository directory.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A file operation failed.
+    #[error("cannot change {}: {source}; check the data directory's permissions", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The app is being pushed to.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
+    /// Granting or revoking access failed.
+    #[error(transparent)]
+    Accounts(#[from] AuthError),
+}
+
+/// Builds a [`GitServer`]; see [`GitServer::builder`].
+pub struct GitServerBuilder {
+    data_dir: PathBuf,
+    pipeline: Option<Arc<Pipeline>>,
+    accounts: Option<Accounts>,
+    deploy_branch: String,
+    max_push_bytes: u64,
+    keepalive: Duration,
+    build_timeout: Option<Duration>,
+    url_hook: Option<UrlHook>,
+}
+
+impl fmt::Debug for GitServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GitServerBuilder")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GitServerBuilder {
+    /// The pipeline run for pushes to the deploy branch. Without one, pushes only update refs
+    /// (for benchmarks and mirrors).
+    pub fn pipeline(mut self, pipeline: Arc<Pipeline>) -> Self {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// The accounts that decide who may push to which app. Without them every authenticated
+    /// transport user may push to every app, and smart HTTP accepts anonymous pushes: use that
+    /// only on a loopback address for tests and benchmarks.
+    pub fn accounts(mut self, accounts: Accounts) -> Self {
+        self.accounts = Some(accounts);
+        self
+    }
+
+    /// The branch whose pushes are built and deployed (default `main`).
+    pub fn deploy_branch(mut self, branch: impl Into<String>) -> Self {
+        self.deploy_branch = branch.into();
+        self
+    }
+
+    /// The largest pack one push may send (default 2 GiB).
+    pub fn max_push_bytes(mut self, limit: u64) -> Self {
+        self.max_push_bytes = limit;
+        self
+    }
+
+    /// How long a build may stay silent before a keepalive line is sent (default 10 s).
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Limits the pipeline run of one push (default: only the pipeline's own limits).
+    pub fn build_timeout(mut self, limit: Duration) -> Self {
+        self.build_timeout = Some(limit);
+        self
+    }
+
+    /// Gives the URL shown at the end of a successful push.
+    pub fn url_hook(
+        mut self,
+        hook: impl Fn(&AppName, &Report) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.url_hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The server, with its data directory created.
+    pub fn build(self) -> Result<GitServer, ServerBuildError> {
+        let branch = self.deploy_branch;
+        let deploy_ref = format!("refs/heads/{branch}");
+        if branch.is_empty()
+            || branch.starts_with("refs/")
+            || gix::refs::FullName::try_from(deploy_ref.as_str()).is_err()
+        {
+            return Err(ServerBuildError::DeployBranch { branch });
+        }
+        if self.max_push_bytes == 0 {
+            return Err(ServerBuildError::Setting(
+                "max_push_bytes is 0, so no push could succeed: set a positive limit".into(),
+            ));
+        }
+        if self.keepalive.is_zero() {
+            return Err(ServerBuildError::Setting(
+                "the keepalive interval is 0: use a positive interval such as 10s".into(),
+            ));
+        }
+        let repos = Repos::new(&self.data_dir);
+        std::fs::create_dir_all(repos.root()).map_err(|source| ServerBuildError::DataDir {
+            path: repos.root().to_owned(),
+            source,
+        })?;
+        Ok(GitServer {
+            inner: Arc::new(Inner {
+                locks: PushLocks::new(&self.data_dir),
+                data_dir: self.data_dir,
+                repos,
+                pipeline: self.pipeline,
+                accounts: self.accounts,
+                deploy_branch: branch,
+                deploy_ref,
+                max_push_bytes: self.max_push_bytes,
+                keepalive: self.keepalive,
+                build_timeout: self.build_timeout,
+                url_hook: self.url_hook,
+            }),
+        })
+    }
+}
+
+impl GitServer {
+    /// A builder for a server keeping its repositories under `data_dir`.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> GitServerBuilder {
+        GitServerBuilder {
+            data_dir: data_dir.into(),
+            pipeline: None,
+            accounts: None,
+            deploy_branch: "main".to_owned(),
+            max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
+            keepalive: DEFAULT_KEEPALIVE,
+            build_timeout: None,
+            url_hook: None,
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The deploy branch's name, such as `main`.
+    pub fn deploy_branch(&self) -> &str {
+        &self.inner.deploy_branch
+    }
+
+    /// The accounts, if the server has them.
+    pub fn accounts(&self) -> Option<&Accounts> {
+        self.inner.accounts.as_ref()
+    }
+
+    /// The bare repository directory of `app` (whether or not it exists).
+    pub fn repo_dir(&self, app: &AppName) -> PathBuf {
+        self.inner.repos.path(app)
+    }
+
+    /// A [`Source`](hephy_core::Source) reading this server's repositories, for the pipeline.
+    pub fn source(&self) -> GitSource {
+        GitSource::new(&self.inner.data_dir)
+    }
+
+    /// Creates the bare repository of `app` (HEAD on the deploy branch) and, with accounts,
+    /// grants `owner` push access.
+    pub fn create_app(&self, app: &AppName, owner: &str) -> Result<PathBuf, AppError> {
+        let path = self.inner.repos.path(app);
+        if path.exists() {
+            return Err(AppError::Exists { app: app.clone() });
+        }
+        let init_err = |message: String| AppError::Init {
+            app: app.clone(),
+            path: path.clone(),
+            message,
+        };
+        gix::init_bare(&path).map_err(|e| init_err(e.to_string()))?;
+        let head = path.join("HEAD");
+        std::fs::write(&head, format!("ref: {}\n", self.inner.deploy_ref)).map_err(|source| {
+            AppError::Io {
+                path: head.clone(),
+                source,
+            }
+        })?;
+        if let Some(accounts) = &self.inner.accounts {
+            accounts.grant(app, owner)?;
+        }
+        Ok(path)
+    }
+
+    /// Deletes the repository of `app` and, with accounts, every grant on it. Refused while a
+    /// push to the app runs.
+    pub fn delete_app(&self, app: &AppName) -> Result<(), AppError> {
+        if !self.inner.repos.exists(app) {
+            return Err(AppError::Unknown { app: app.clone() });
+        }
+        let _guard = self.inner.locks.try_lock(app, "hephy apps destroy")?;
+        let path = self.inner.repos.path(app);
+        std::fs::remove_dir_all(&path).map_err(|source| AppError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(accounts) = &self.inner.accounts {
+            accounts.revoke_app(app)?;
+        }
+        Ok(())
+    }
+
+    /// The apps that have a repository, sorted.
+    pub fn apps(&self) -> Result<Vec<AppName>, AppError> {
+        self.inner.repos.list().map_err(|source| AppError::Io {
+            path: self.inner.repos.root().to_owned(),
+            source,
+        })
+    }
+
+    /// Serves one full-duplex receive-pack session (protocol v0/v1) for `user` pushing to
+    /// `app`: advertises the refs, reads the commands and the pack, builds the deploy branch,
+    /// updates refs and reports their status. For SSH's `git-receive-pack 'APP.git'`.
+    ///
+    /// The app must exist and, with accounts, the user must be allowed to push to it; otherwise
+    /// the client gets an `ERR` line and this returns the error. When writing to `output` fails
+    /// (the client went away), a running build is cancelled.
+    pub async fn receive_pack<R, W>(
+        &self,
+        user: &User,
+        app: &AppName,
+        input: R,
+        output: W,
+    ) -> Result<(), ReceiveError>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        receive::session(&self.inner, user, app, input, output, Mode::FullDuplex).await
+    }
+
+    /// Serves the request half of a stateless (smart HTTP) receive-pack session: `input` holds
+    /// the commands and the pack, `output` gets the report.
+    pub async fn receive_pack_stateless<R, W>(
+        &self,
+        user: &User,
+        app: &AppName,
+        input: R,
+        output: W,
+    ) -> Result<(), ReceiveError>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        receive::session(&self.inner, user, app, input, output, Mode::Stateless).await
+    }
+
+    /// The ref advertisement of `app` as pkt-lines (after the `# service=` header of smart
+    /// HTTP), starting with `version 1` when `version1`.
+    pub fn advertisement(&self, user: &User, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
+        receive::authorize(&self.inner, user, app)?;
+        receive::advertise(&self.inner, app, version1)
+    }
+
+    /// The smart HTTP router: `GET /APP.git/info/refs?service=git-receive-pack` and
+    /// `POST /APP.git/git-receive-pack`, with token auth over HTTP basic when the server has
+    /// accounts.
+    pub fn http_router(&self) -> axum::Router {
+        crate::http::router(self.clone())
+    }
+}
