@@ -1,0 +1,502 @@
+//! The `cargo` backend: a Rust binary built with `cargo build --release` for each platform
+//! whose Rust target is installed, put on the same default base as Go apps.
+//!
+//! | in the image | what |
+//! | --- | --- |
+//! | `/app/NAME` | the binary, the entrypoint |
+//! | `PORT` | the `[deploy] port`; the app runs as user 65532 |
+//!
+//! Static where possible: the musl target (`x86_64-unknown-linux-musl`) when it is installed;
+//! else the glibc target with `-C target-feature=+crt-static`, which links glibc statically
+//! (glibc 2.34 and later resolve names without loading NSS modules, so DNS works from an empty
+//! base). The result is checked: a binary that still needs a dynamic loader is refused, since
+//! the default base has no libc to give it.
+//!
+//! `[build.cargo]` keys: `bin` (which binary, when the package has several), `package` (in a
+//! workspace), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
+//! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
+//! output is kept in the hephy cache dir (`cargo-target/`), so rebuilds are incremental.
+
+use std::path::{Path, PathBuf};
+
+use hephy_core::{
+    async_trait, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence, Detection,
+    Events, Platform,
+};
+use serde::Deserialize;
+
+use crate::base::{BaseImage, APP_UID};
+use crate::check::find_program;
+use crate::dockerfile::default_cache_dir;
+use crate::exec;
+use crate::image::ImageBuilder;
+use crate::layer::Entry;
+use crate::layout::OciLayout;
+
+/// The `[build.cargo]` table of `hephy.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct CargoSettings {
+    /// The binary to build, when the package has several.
+    pub bin: Option<String>,
+    /// The package to build, in a workspace.
+    pub package: Option<String>,
+    /// Features to enable.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Build without the default features.
+    #[serde(default)]
+    pub no_default_features: bool,
+    /// `auto` (musl when installed, else static glibc), `musl` or `gnu`.
+    pub libc: Option<String>,
+    /// The base image.
+    #[serde(default)]
+    pub base: BaseImage,
+}
+
+/// The `cargo` backend.
+///
+/// ```
+/// use hephy_backends::cargo::CargoBackend;
+/// use hephy_core::Backend;
+/// assert_eq!(CargoBackend::new().name(), "cargo");
+/// ```
+#[derive(Debug, Clone)]
+pub struct CargoBackend {
+    cache_dir: PathBuf,
+}
+
+impl Default for CargoBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The Rust target triples for a platform: the musl one (static) and the glibc one.
+pub fn rust_targets(platform: &Platform) -> Option<(&'static str, &'static str)> {
+    if platform.os() != "linux" {
+        return None;
+    }
+    Some(match (platform.architecture(), platform.variant()) {
+        ("amd64", _) => ("x86_64-unknown-linux-musl", "x86_64-unknown-linux-gnu"),
+        ("arm64", _) => ("aarch64-unknown-linux-musl", "aarch64-unknown-linux-gnu"),
+        ("arm", Some("v6")) => ("arm-unknown-linux-musleabihf", "arm-unknown-linux-gnueabihf"),
+        ("arm", _) => ("armv7-unknown-linux-musleabihf", "armv7-unknown-linux-gnueabihf"),
+        ("386", _) => ("i686-unknown-linux-musl", "i686-unknown-linux-gnu"),
+        ("riscv64", _) => ("riscv64gc-unknown-linux-musl", "riscv64gc-unknown-linux-gnu"),
+        ("ppc64le", _) => ("powerpc64le-unknown-linux-musl", "powerpc64le-unknown-linux-gnu"),
+        ("s390x", _) => ("s390x-unknown-linux-musl", "s390x-unknown-linux-gnu"),
+        ("loong64", _) => ("loongarch64-unknown-linux-musl", "loongarch64-unknown-linux-gnu"),
+        _ => return None,
+    })
+}
+
+/// The binary targets of a manifest: `[[bin]]` names, else the package name for
+/// `src/main.rs`, plus `src/bin/*.rs`.
+pub fn binaries(manifest: &toml::Table, dir: &Path) -> Vec<String> {
+    let package = manifest.get("package").and_then(|p| p.as_table());
+    let pkg_name = package
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let mut out: Vec<String> = manifest
+        .get("bin")
+        .and_then(|b| b.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let autobins = package
+        .and_then(|p| p.get("autobins"))
+        .and_then(|a| a.as_bool())
+        .unwrap_or(true);
+    if package.is_some() && autobins {
+        if dir.join("src/main.rs").is_file() {
+            if let Some(n) = &pkg_name {
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(dir.join("src/bin")) {
+            let mut extra: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "rs") {
+                        p.file_stem().map(|s| s.to_string_lossy().into_owned())
+                    } else if p.join("main.rs").is_file() {
+                        p.file_name().map(|s| s.to_string_lossy().into_owned())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            extra.sort();
+            for e in extra {
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn bad(problem: impl Into<String>) -> BuildError {
+    BuildError::InvalidContext {
+        problem: problem.into(),
+    }
+}
+
+fn settings(ctx: &BuildContext) -> Result<CargoSettings, BuildError> {
+    ctx.config()
+        .build
+        .backend_settings::<CargoSettings>("cargo")
+        .map_err(|e| bad(e.to_string()))
+}
+
+fn read_manifest(ctx: &BuildContext) -> Result<toml::Table, BuildError> {
+    let path = ctx.dir().join("Cargo.toml");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad(format!("cannot read Cargo.toml: {e}")))?;
+    toml::from_str(&text).map_err(|e| bad(format!("Cargo.toml: {}", e.message().trim_end())))
+}
+
+/// Which binary to build: `[build.cargo] bin`, else the only one, else `default-run`.
+fn choose_bin(manifest: &toml::Table, dir: &Path, s: &CargoSettings) -> Result<String, BuildError> {
+    let bins = binaries(manifest, dir);
+    if let Some(b) = &s.bin {
+        if bins.is_empty() || bins.contains(b) || s.package.is_some() {
+            return Ok(b.clone());
+        }
+        return Err(bad(format!(
+            "[build.cargo] bin {b:?} is not a binary of this package: use one of {}",
+            bins.join(", ")
+        )));
+    }
+    match bins.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(bad(
+            "Cargo.toml has no binary target (no [[bin]], no src/main.rs): add one, or set [build.cargo] package and bin for a workspace",
+        )),
+        several => {
+            let default_run = manifest
+                .get("package")
+                .and_then(|p| p.get("default-run"))
+                .and_then(|d| d.as_str());
+            match default_run {
+                Some(d) => Ok(d.to_owned()),
+                None => Err(bad(format!(
+                    "the package has several binaries ({}): choose one with [build.cargo] bin = \"NAME\"",
+                    several.join(", ")
+                ))),
+            }
+        }
+    }
+}
+
+/// The rustc sysroot, whose `lib/rustlib/<triple>` directories are the installed targets.
+async fn sysroot(ctx: &BuildContext) -> Result<PathBuf, BuildError> {
+    let rustc = std::env::var_os("RUSTC")
+        .map(PathBuf::from)
+        .or_else(|| find_program("rustc"))
+        .ok_or_else(|| BuildError::ToolMissing {
+            tool: "rustc".into(),
+            hint: INSTALL_HINT.into(),
+        })?;
+    let out = tokio::process::Command::new(&rustc)
+        .arg("--print")
+        .arg("sysroot")
+        .current_dir(ctx.dir())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| BuildError::ToolMissing {
+            tool: "rustc".into(),
+            hint: format!("cannot run it ({e}); {INSTALL_HINT}"),
+        })?;
+    if !out.status.success() {
+        return Err(BuildError::Failed {
+            message: format!(
+                "rustc --print sysroot failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+const INSTALL_HINT: &str = "install Rust (https://rustup.rs) where hephy builds";
+
+fn installed(sysroot: &Path, triple: &str) -> bool {
+    sysroot.join("lib").join("rustlib").join(triple).join("lib").is_dir()
+}
+
+/// What a platform builds with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Choice {
+    triple: &'static str,
+    /// Link glibc statically (`+crt-static`).
+    crt_static: bool,
+}
+
+fn choose_target(
+    platform: &Platform,
+    sysroot: &Path,
+    libc: &str,
+) -> Result<Choice, BuildError> {
+    let unsupported = |hint: String| BuildError::UnsupportedPlatform {
+        backend: "cargo".into(),
+        platform: platform.clone(),
+        hint,
+    };
+    let (musl, gnu) = rust_targets(platform).ok_or_else(|| {
+        unsupported("Rust apps are built for Linux on amd64, arm64, arm, 386, riscv64, ppc64le, s390x or loong64: list those in [build] platforms".into())
+    })?;
+    let has_musl = installed(sysroot, musl);
+    let has_gnu = installed(sysroot, gnu);
+    match libc {
+        "musl" if has_musl => Ok(Choice { triple: musl, crt_static: false }),
+        "gnu" if has_gnu => Ok(Choice { triple: gnu, crt_static: true }),
+        "auto" if has_musl => Ok(Choice { triple: musl, crt_static: false }),
+        "auto" if has_gnu => Ok(Choice { triple: gnu, crt_static: true }),
+        "musl" => Err(unsupported(format!(
+            "the Rust target {musl} is not installed: run `rustup target add {musl}` where hephy builds"
+        ))),
+        "gnu" => Err(unsupported(format!(
+            "the Rust target {gnu} is not installed: run `rustup target add {gnu}` where hephy builds"
+        ))),
+        _ => Err(unsupported(format!(
+            "no Rust target for it is installed: run `rustup target add {musl}` (static, preferred) or `rustup target add {gnu}` where hephy builds"
+        ))),
+    }
+}
+
+/// Whether an ELF file asks for a dynamic loader (has a `PT_INTERP` program header).
+pub fn elf_is_dynamic(bytes: &[u8]) -> Option<bool> {
+    if bytes.len() < 0x34 || &bytes[..4] != b"\x7fELF" {
+        return None;
+    }
+    let le = bytes[5] == 1;
+    let u16_at = |o: usize| -> Option<u64> {
+        let b: [u8; 2] = bytes.get(o..o + 2)?.try_into().ok()?;
+        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) } as u64)
+    };
+    let u32_at = |o: usize| -> Option<u64> {
+        let b: [u8; 4] = bytes.get(o..o + 4)?.try_into().ok()?;
+        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) } as u64)
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        let b: [u8; 8] = bytes.get(o..o + 8)?.try_into().ok()?;
+        Some(if le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+    };
+    let (phoff, phentsize, phnum) = match bytes[4] {
+        2 => (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?),
+        1 => (u32_at(0x1c)?, u16_at(0x2a)?, u16_at(0x2c)?),
+        _ => return None,
+    };
+    for i in 0..phnum {
+        let off = usize::try_from(phoff + i * phentsize).ok()?;
+        if u32_at(off)? == 3 {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+impl CargoBackend {
+    /// The backend, keeping build output under [`default_cache_dir`]`/cargo-target`.
+    pub fn new() -> Self {
+        CargoBackend {
+            cache_dir: default_cache_dir(),
+        }
+    }
+
+    /// Keeps build output under `dir` (`<dir>/cargo-target/...`).
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = dir.into();
+        self
+    }
+
+    fn target_dir(&self, ctx: &BuildContext) -> PathBuf {
+        use sha2::{Digest as _, Sha256};
+        let h = Sha256::digest(ctx.dir().display().to_string().as_bytes());
+        self.cache_dir
+            .join("cargo-target")
+            .join(hex::encode(&h[..6]))
+    }
+
+    async fn plan(
+        &self,
+        ctx: &BuildContext,
+        platforms: &[Platform],
+    ) -> Result<(CargoSettings, String, Vec<Choice>), BuildError> {
+        let s = settings(ctx)?;
+        let manifest = read_manifest(ctx)?;
+        let bin = choose_bin(&manifest, ctx.dir(), &s)?;
+        let libc = s.libc.clone().unwrap_or_else(|| "auto".into());
+        if !matches!(libc.as_str(), "auto" | "musl" | "gnu") {
+            return Err(bad(format!(
+                "[build.cargo] libc {libc:?} is not a choice: use \"auto\", \"musl\" or \"gnu\""
+            )));
+        }
+        if find_program("cargo").is_none() {
+            return Err(BuildError::ToolMissing {
+                tool: "cargo".into(),
+                hint: INSTALL_HINT.into(),
+            });
+        }
+        let root = sysroot(ctx).await?;
+        let mut choices = vec![];
+        for p in platforms {
+            choices.push(choose_target(p, &root, &libc)?);
+        }
+        Ok((s, bin, choices))
+    }
+}
+
+#[async_trait]
+impl Backend for CargoBackend {
+    fn name(&self) -> &str {
+        "cargo"
+    }
+
+    async fn detect(&self, ctx: &BuildContext) -> Detection {
+        if !ctx.dir().join("Cargo.toml").is_file() {
+            return Detection::no("cargo", "no Cargo.toml");
+        }
+        let manifest = match read_manifest(ctx) {
+            Ok(m) => m,
+            Err(e) => return Detection::no("cargo", format!("found Cargo.toml, but {e}")),
+        };
+        let bins = binaries(&manifest, ctx.dir());
+        match bins.as_slice() {
+            [] => Detection::no("cargo", "found Cargo.toml without a binary target"),
+            [one] => Detection::yes(
+                "cargo",
+                Confidence::High,
+                format!("found Cargo.toml with the binary {one}"),
+            ),
+            many => Detection::yes(
+                "cargo",
+                Confidence::High,
+                format!("found Cargo.toml with the binaries {}", many.join(", ")),
+            ),
+        }
+    }
+
+    async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
+        self.plan(ctx, platforms).await.map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        let (s, bin, choices) = self
+            .plan(ctx, std::slice::from_ref(&target.platform))
+            .await?;
+        let Some(choice) = choices.into_iter().next() else {
+            return Err(bad("no platform to build"));
+        };
+        let target_dir = self.target_dir(ctx);
+        tokio::fs::create_dir_all(&target_dir)
+            .await
+            .map_err(|e| BuildError::other(format!("cannot create {}", target_dir.display()), e))?;
+        let mut cmd = tokio::process::Command::new("cargo");
+        cmd.current_dir(ctx.dir())
+            .arg("build")
+            .arg("--release")
+            .arg("--target")
+            .arg(choice.triple)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .arg("--bin")
+            .arg(&bin);
+        if ctx.dir().join("Cargo.lock").is_file() {
+            cmd.arg("--locked");
+        }
+        if let Some(p) = &s.package {
+            cmd.arg("--package").arg(p);
+        }
+        if !s.features.is_empty() {
+            cmd.arg("--features").arg(s.features.join(","));
+        }
+        if s.no_default_features {
+            cmd.arg("--no-default-features");
+        }
+        for (k, v) in &ctx.config().build.env {
+            cmd.env(k, v);
+        }
+        if choice.crt_static {
+            events.warn(format!(
+                "building {} with glibc linked statically (+crt-static); `rustup target add {}` for a musl build, which is the better static binary",
+                choice.triple,
+                rust_targets(&target.platform).map(|t| t.0).unwrap_or("the musl target")
+            ));
+            let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+            if let Some(extra) = ctx.config().build.env.get("RUSTFLAGS") {
+                flags = extra.clone();
+            }
+            if !flags.is_empty() {
+                flags.push(' ');
+            }
+            flags.push_str("-C target-feature=+crt-static");
+            cmd.env("RUSTFLAGS", flags);
+        }
+        events.log(format!(
+            "cargo build --release --target {} --bin {bin}",
+            choice.triple
+        ));
+        exec::run(cmd, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| match e {
+                exec::ExecError::Failed { tail, status, .. } => BuildError::Failed {
+                    message: format!("cargo build failed ({status}):\n{}", tail.join("\n")),
+                },
+                other => other.into_build_error(INSTALL_HINT),
+            })?;
+        let path = target_dir.join(choice.triple).join("release").join(&bin);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| BuildError::other(format!("cargo build wrote no {}", path.display()), e))?;
+        if elf_is_dynamic(&bytes) == Some(true) {
+            return Err(BuildError::Failed {
+                message: format!(
+                    "{bin} for {} is dynamically linked, and the default base has no libc for it: install the musl target (`rustup target add {}`), or set [build.cargo] base to an image that has the libraries",
+                    choice.triple,
+                    rust_targets(&target.platform).map(|t| t.0).unwrap_or("the musl target")
+                ),
+            });
+        }
+        let size = bytes.len() as u64;
+        drop(bytes);
+
+        let layout = OciLayout::create(&target.out_dir)
+            .map_err(|e| BuildError::other("cannot create the image layout", e))?;
+        let base = s.base.resolve(&target.platform, &layout, ctx.dir()).await?;
+        let port = ctx.config().deploy.port;
+        let written = ImageBuilder::for_context(ctx, target.platform.clone())
+            .base(base)
+            .entries(vec![Entry::file(format!("app/{bin}"), &path, size, true)])
+            .entrypoint([format!("/app/{bin}")])
+            .env("PORT", port.to_string())
+            .user(APP_UID.to_string())
+            .expose(port)
+            .write(&layout, Some("latest"))
+            .await?;
+        events.log(format!("image {} ({size} bytes of binary)", written.digest));
+        Ok(BuiltImage::new(
+            Some(target.platform.clone()),
+            &target.out_dir,
+            written.digest,
+        ))
+    }
+}

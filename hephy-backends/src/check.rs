@@ -1,0 +1,477 @@
+//! Choosing and validating a backend: which backend would build a repository and why
+//! ([`explain`], what `hephy check` prints), and refusals of what cannot work, before any
+//! build starts.
+//!
+//! Auto-detection asks every backend in a fixed order (see [`DETECTION_ORDER`]) and takes the
+//! most confident answer; ties go to the earlier backend. A `Dockerfile` wins over everything,
+//! because a repository that has one says exactly how it wants to be built.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hephy_core::{
+    Backend, BackendChoice, BuildContext, BuildError, Confidence, Detection, Platform,
+};
+
+/// The order in which `backend = "auto"` asks the backends; the first of equally sure answers
+/// wins.
+pub const DETECTION_ORDER: &[&str] = &["dockerfile", "spin", "go", "cargo", "files"];
+
+/// What [`explain`] found: the backend that would build the repository, why, and every
+/// backend's answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Explanation {
+    /// What `hephy.toml` asks for (`auto` or a name).
+    pub choice: BackendChoice,
+    /// The backend that would build, if any.
+    pub chosen: Option<String>,
+    /// Why that backend (or why none).
+    pub reason: String,
+    /// Every backend's detection, in detection order.
+    pub detections: Vec<Detection>,
+    /// The platforms asked for.
+    pub platforms: Vec<Platform>,
+    /// Why the chosen backend refuses to build, if it does.
+    pub refusal: Option<BuildError>,
+}
+
+impl Explanation {
+    /// Whether a build would start.
+    pub fn ok(&self) -> bool {
+        self.chosen.is_some() && self.refusal.is_none()
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.chosen {
+            Some(b) => writeln!(f, "backend: {b} ({})", self.reason)?,
+            None => writeln!(f, "backend: none ({})", self.reason)?,
+        }
+        if !self.detections.is_empty() {
+            writeln!(f, "detection (backend = \"auto\" asks in this order):")?;
+            for d in &self.detections {
+                let mark = if Some(&d.backend) == self.chosen.as_ref() {
+                    "*"
+                } else if d.detected() {
+                    "+"
+                } else {
+                    "-"
+                };
+                writeln!(f, "  {mark} {:<10} {:<6} {}", d.backend, confidence_word(d.confidence), d.reason)?;
+            }
+        }
+        writeln!(
+            f,
+            "platforms: {}",
+            self.platforms
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        match (&self.chosen, &self.refusal) {
+            (None, _) => write!(f, "result: nothing can build this repository"),
+            (Some(_), None) => write!(f, "result: ok"),
+            (Some(_), Some(e)) => write!(f, "result: refused: {e}"),
+        }
+    }
+}
+
+fn confidence_word(c: Confidence) -> &'static str {
+    match c {
+        Confidence::No => "no",
+        Confidence::Low => "low",
+        Confidence::Medium => "medium",
+        Confidence::High => "high",
+        _ => "?",
+    }
+}
+
+/// Explains which of `backends` would build `ctx` and why, and whether it refuses: the library
+/// call behind `hephy check`. Backends are asked in the order given (use
+/// [`default_backends`](crate::default_backends) for the documented order).
+pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Explanation {
+    let choice = ctx.config().build.backend.clone();
+    let platforms = ctx.config().build.platforms.clone();
+    let mut detections = Vec::with_capacity(backends.len());
+    for b in backends {
+        detections.push(b.detect(ctx).await);
+    }
+    let (chosen, reason) = match &choice {
+        BackendChoice::Named(name) => match backends.iter().position(|b| b.name() == name) {
+            Some(i) => (Some(i), format!("backend = \"{name}\" in hephy.toml")),
+            None => {
+                let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+                return Explanation {
+                    choice: choice.clone(),
+                    chosen: None,
+                    reason: format!(
+                        "hephy.toml asks for backend \"{name}\", which does not exist: use one of {}",
+                        names.join(", ")
+                    ),
+                    detections,
+                    platforms,
+                    refusal: None,
+                };
+            }
+        },
+        _ => {
+            let mut best: Option<usize> = None;
+            for (i, d) in detections.iter().enumerate() {
+                if d.detected() && best.is_none_or(|b| d.confidence > detections[b].confidence) {
+                    best = Some(i);
+                }
+            }
+            match best {
+                Some(i) => (Some(i), format!("auto-detected: {}", detections[i].reason)),
+                None => (
+                    None,
+                    "no backend recognises it: add the file your kind of app needs (Dockerfile, spin.toml, go.mod, Cargo.toml) or set backend = \"NAME\" in the [build] section of hephy.toml".into(),
+                ),
+            }
+        }
+    };
+    let refusal = match chosen {
+        Some(i) => validate(ctx, backends[i].as_ref(), &platforms).await.err(),
+        None => None,
+    };
+    Explanation {
+        choice,
+        chosen: chosen.map(|i| backends[i].name().to_owned()),
+        reason,
+        detections,
+        platforms,
+        refusal,
+    }
+}
+
+/// Runs `backend`'s own [`Backend::check`] plus the validators hephy keeps for it (for `go`:
+/// [`check_go_cgo`]).
+pub async fn validate(
+    ctx: &BuildContext,
+    backend: &dyn Backend,
+    platforms: &[Platform],
+) -> Result<(), BuildError> {
+    backend.check(ctx, platforms).await?;
+    if backend.name() == "go" {
+        check_go_cgo(ctx)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Go: a module that imports "C" cannot be built with CGO off.
+
+/// Refuses a Go module whose packages `import "C"`: the go backend builds with cgo off
+/// (`CGO_ENABLED=0`), for static binaries on an empty base. Files excluded by a `//go:build` constraint for Linux without cgo are
+/// not counted, nor tests, `testdata`, hidden directories and nested modules.
+pub fn check_go_cgo(ctx: &BuildContext) -> Result<(), BuildError> {
+    let root = ctx.dir();
+    if !root.join("go.mod").is_file() {
+        return Ok(());
+    }
+    let mut found = vec![];
+    scan_go(root, root, &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    let shown: Vec<String> = found.iter().take(5).cloned().collect();
+    let more = if found.len() > 5 {
+        format!(" and {} more", found.len() - 5)
+    } else {
+        String::new()
+    };
+    Err(BuildError::InvalidContext {
+        problem: format!(
+            "{}{more} import \"C\", but hephy builds Go with cgo off (CGO_ENABLED=0) for a static binary on an empty base: remove the cgo code (or give it a `//go:build cgo` twin without it), or build with a Dockerfile whose base has a C toolchain and libc",
+            shown.join(", ")
+        ),
+    })
+}
+
+fn scan_go(root: &Path, dir: &Path, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            if name.starts_with('.') || name.starts_with('_') || name == "testdata" {
+                continue;
+            }
+            if path.join("go.mod").is_file() {
+                continue;
+            }
+            scan_go(root, &path, found);
+        } else if ft.is_file() && name.ends_with(".go") && !name.ends_with("_test.go") {
+            if !go_file_name_matches_linux(&name) {
+                continue;
+            }
+            let Ok(src) = std::fs::read_to_string(&path) else { continue };
+            if !go_build_constraint_ok(&src) {
+                continue;
+            }
+            if go_imports_c(&src) {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                found.push(rel.display().to_string());
+            }
+        }
+    }
+}
+
+const GOOS: &[&str] = &[
+    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux",
+    "nacl", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows", "zos",
+];
+const GOARCH: &[&str] = &[
+    "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64",
+    "ppc64le", "riscv64", "s390x", "wasm",
+];
+
+/// `x_windows.go` and `x_darwin_arm64.go` are only for those systems.
+fn go_file_name_matches_linux(name: &str) -> bool {
+    let stem = name.trim_end_matches(".go");
+    let parts: Vec<&str> = stem.split('_').collect();
+    if parts.len() < 2 {
+        return true;
+    }
+    let last = parts[parts.len() - 1];
+    let prev = if parts.len() >= 3 { Some(parts[parts.len() - 2]) } else { None };
+    if GOARCH.contains(&last) {
+        if let Some(p) = prev {
+            if GOOS.contains(&p) {
+                return p == "linux";
+            }
+        }
+        return true; // an arch suffix: some Linux arch builds it
+    }
+    if GOOS.contains(&last) {
+        return last == "linux";
+    }
+    true
+}
+
+/// Evaluates a file's `//go:build` line for Linux, any architecture, with cgo off.
+fn go_build_constraint_ok(src: &str) -> bool {
+    for line in src.lines() {
+        let l = line.trim();
+        if l.is_empty() || (l.starts_with("//") && !l.starts_with("//go:build")) {
+            continue;
+        }
+        if let Some(expr) = l.strip_prefix("//go:build") {
+            return eval_constraint(expr).unwrap_or(true);
+        }
+        // The constraint must come before the package clause.
+        break;
+    }
+    true
+}
+
+fn eval_constraint(expr: &str) -> Option<bool> {
+    let mut tokens = VecDeque::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        match c {
+            ' ' | '\t' => {
+                chars.next();
+            }
+            '(' | ')' | '!' => {
+                tokens.push_back(c.to_string());
+                chars.next();
+            }
+            '&' | '|' => {
+                chars.next();
+                if chars.next() != Some(c) {
+                    return None;
+                }
+                tokens.push_back(format!("{c}{c}"));
+            }
+            _ => {
+                let mut w = String::new();
+                while let Some(&c) = chars.peek() {
+                    if c.is_alphanumeric() || c == '_' || c == '.' {
+                        w.push(c);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if w.is_empty() {
+                    return None;
+                }
+                tokens.push_back(w);
+            }
+        }
+    }
+    let v = parse_or(&mut tokens)?;
+    tokens.is_empty().then_some(v)
+}
+
+fn parse_or(t: &mut VecDeque<String>) -> Option<bool> {
+    let mut v = parse_and(t)?;
+    while t.front().map(String::as_str) == Some("||") {
+        t.pop_front();
+        let r = parse_and(t)?;
+        v = v || r;
+    }
+    Some(v)
+}
+
+fn parse_and(t: &mut VecDeque<String>) -> Option<bool> {
+    let mut v = parse_not(t)?;
+    while t.front().map(String::as_str) == Some("&&") {
+        t.pop_front();
+        let r = parse_not(t)?;
+        v = v && r;
+    }
+    Some(v)
+}
+
+fn parse_not(t: &mut VecDeque<String>) -> Option<bool> {
+    match t.pop_front()?.as_str() {
+        "!" => parse_not(t).map(|v| !v),
+        "(" => {
+            let v = parse_or(t)?;
+            (t.pop_front()?.as_str() == ")").then_some(v)
+        }
+        tag => Some(match tag {
+            "linux" | "unix" | "gc" => true,
+            "cgo" => false,
+            // Any architecture may be asked for; a file for one of them counts.
+            a if GOARCH.contains(&a) => true,
+            g if g.starts_with("go1.") => true,
+            _ => false,
+        }),
+    }
+}
+
+fn go_imports_c(src: &str) -> bool {
+    let mut in_block = false;
+    let mut in_comment = false;
+    for line in src.lines() {
+        let mut l = line.trim();
+        if in_comment {
+            match l.find("*/") {
+                Some(p) => {
+                    in_comment = false;
+                    l = l[p + 2..].trim();
+                }
+                None => continue,
+            }
+        }
+        if let Some(p) = l.find("/*") {
+            if !l[p..].contains("*/") {
+                in_comment = true;
+            }
+            l = l[..p].trim();
+        }
+        if let Some(p) = l.find("//") {
+            l = l[..p].trim();
+        }
+        if in_block {
+            if l.starts_with(')') {
+                in_block = false;
+            } else if l == "\"C\"" || l.ends_with(" \"C\"") {
+                return true;
+            }
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("import") {
+            let rest = rest.trim();
+            if rest == "\"C\"" {
+                return true;
+            }
+            if let Some(inner) = rest.strip_prefix('(') {
+                let inner = inner.trim();
+                if inner.starts_with("\"C\"") {
+                    return true;
+                }
+                if !inner.contains(')') {
+                    in_block = true;
+                }
+            }
+        } else if l.starts_with("func ") || l.starts_with("type ") || l.starts_with("var ") {
+            // Imports come before declarations.
+            return false;
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers the backends share: finding programs, knowing what the machine can run.
+
+/// The full path of `program` on `PATH`, if it is there and executable.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// The name qemu and binfmt_misc give an architecture.
+fn qemu_arch(arch: &str) -> &str {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        "386" => "i386",
+        "mips64le" => "mips64el",
+        "loong64" => "loongarch64",
+        other => other,
+    }
+}
+
+/// Whether this machine can run Linux programs for `platform`: natively, or through a qemu
+/// handler registered with binfmt_misc in `binfmt_dir` (normally `/proc/sys/fs/binfmt_misc`).
+pub fn host_can_run(platform: &Platform, binfmt_dir: &Path) -> bool {
+    let host = Platform::host();
+    if platform.architecture() == host.architecture() {
+        return true;
+    }
+    if host.architecture() == "amd64" && platform.architecture() == "386" {
+        return true;
+    }
+    if let Ok(status) = std::fs::read_to_string(binfmt_dir.join("status")) {
+        if status.trim() == "disabled" {
+            return false;
+        }
+    }
+    let q = qemu_arch(platform.architecture());
+    let Ok(entries) = std::fs::read_dir(binfmt_dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "status" || name == "register" {
+            return false;
+        }
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            return false;
+        };
+        let enabled = text.lines().next().map(str::trim) == Some("enabled");
+        let interp = text
+            .lines()
+            .find_map(|l| l.strip_prefix("interpreter "))
+            .unwrap_or("");
+        let file = Path::new(interp.trim())
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let for_arch = name == format!("qemu-{q}")
+            || file == format!("qemu-{q}")
+            || file == format!("qemu-{q}-static");
+        enabled && for_arch
+    })
+}

@@ -1,0 +1,177 @@
+//! The cargo backend: the `hello-rust` fixture built with the real cargo, unpacked with umoci
+//! and run under runc on the host network, answering HTTP; and its platform refusal.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hephy_backends::cargo::{elf_is_dynamic, CargoBackend};
+use hephy_core::{AppConfig, Backend, BuildContext, BuildTarget, Events, Platform};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-rust")
+}
+
+/// The fixture copied to a temp dir (builds must not write into the source tree).
+fn fixture_copy() -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("src"))?;
+    for f in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f))?;
+    }
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16, std::io::Error> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A container run with runc, deleted on drop.
+struct Container {
+    root: PathBuf,
+    id: String,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&self.root)
+            .args(["delete", "--force", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn get(port: u16, deadline: Duration) -> Result<String, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+                let mut body = String::new();
+                s.read_to_string(&mut body)?;
+                return Ok(body);
+            }
+            Err(e) if start.elapsed() > deadline => {
+                return Err(format!("the app never listened on {port}: {e}").into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_hello_rust_and_runs_it_under_runc() -> TestResult {
+    let app = fixture_copy()?;
+    let ctx = BuildContext::open(app.path())?;
+    let backend = CargoBackend::new()
+        .with_cache_dir(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hephy-cache"));
+    let d = backend.detect(&ctx).await;
+    assert_eq!(d.reason, "found Cargo.toml with the binary hello-rust");
+    let out = tempfile::tempdir()?;
+    let image = backend
+        .build(&ctx, &BuildTarget::new(Platform::host(), out.path().join("image")), &Events::discard())
+        .await?;
+    assert_eq!(image.platform, Some(Platform::host()));
+
+    let work = out.path();
+    let bundle = work.join("bundle");
+    let status = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", image.layout.display()))
+        .arg(&bundle)
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(status.success(), "umoci unpack failed");
+    let binary = std::fs::read(bundle.join("rootfs/app/hello-rust"))?;
+    assert_eq!(elf_is_dynamic(&binary), Some(false), "the binary should be static");
+    assert!(bundle.join("rootfs/etc/passwd").is_file(), "the default base should be there");
+
+    // Host network, PORT set, no terminal.
+    let port = free_port()?;
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+    config["process"]["terminal"] = false.into();
+    if let Some(env) = config["process"]["env"].as_array_mut() {
+        env.retain(|e| !e.as_str().is_some_and(|s| s.starts_with("PORT=")));
+        env.push(format!("PORT={port}").into());
+    }
+    if let Some(ns) = config["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| n["type"] != "network");
+    }
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+    let container = Container {
+        root: work.join("runc"),
+        id: format!("hephy-cargo-test-{}", std::process::id()),
+    };
+    let status = Command::new("runc")
+        .arg("--root")
+        .arg(&container.root)
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg(&container.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    assert!(status.success(), "runc run failed");
+    let response = get(port, Duration::from_secs(15))?;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.ends_with("hello from rust, uid 65532\n"),
+        "the app should answer as the non-root user of the default base: {response}"
+    );
+    drop(container);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_a_platform_without_its_rust_target() -> TestResult {
+    let app = fixture_copy()?;
+    let mut ctx = BuildContext::open(app.path())?;
+    // s390x targets are not installed on build machines; the check must say how to add them.
+    let s390x: Platform = "linux/s390x".parse()?;
+    *ctx.config_mut() = AppConfig::default();
+    let err = CargoBackend::new()
+        .check(&ctx, &[Platform::host(), s390x])
+        .await
+        .err()
+        .ok_or("a platform without its Rust target should be refused")?;
+    insta::assert_snapshot!(err.to_string());
+
+    let err = CargoBackend::new()
+        .check(&ctx, &["windows/amd64".parse()?])
+        .await
+        .err()
+        .ok_or("a non-Linux platform should be refused")?;
+    insta::assert_snapshot!("not_linux", err.to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn needs_a_binary_target() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("src"))?;
+    std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"lib-only\"\nversion = \"0.1.0\"\n")?;
+    std::fs::write(dir.path().join("src/lib.rs"), "")?;
+    let ctx = BuildContext::open(dir.path())?;
+    let d = CargoBackend::new().detect(&ctx).await;
+    assert!(!d.detected(), "a library crate is not an app: {d}");
+    std::fs::create_dir_all(dir.path().join("src/bin"))?;
+    std::fs::write(dir.path().join("src/bin/a.rs"), "fn main(){}")?;
+    std::fs::write(dir.path().join("src/bin/b.rs"), "fn main(){}")?;
+    let err = CargoBackend::new()
+        .check(&ctx, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("two binaries without [build.cargo] bin should be refused")?;
+    insta::assert_snapshot!(err.to_string());
+    Ok(())
+}

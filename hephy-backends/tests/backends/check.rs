@@ -1,0 +1,112 @@
+//! Choosing and validating: `explain` (what `hephy check` prints) on real repositories, and
+//! the refusals it reports.
+
+use std::path::Path;
+
+use hephy_backends::check::{check_go_cgo, explain};
+use hephy_backends::default_backends;
+use hephy_core::BuildContext;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn repo(files: &[(&str, &str)]) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, content)?;
+    }
+    Ok(dir)
+}
+
+fn host_free(s: String) -> String {
+    s.replace(&hephy_core::Platform::host().to_string(), "[HOST]")
+}
+
+async fn explained(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let ctx = BuildContext::open(dir)?;
+    Ok(host_free(explain(&ctx, &default_backends()).await.to_string()))
+}
+
+const GO_MAIN: &str = "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n";
+
+#[tokio::test]
+async fn a_dockerfile_wins_over_go_mod() -> TestResult {
+    let dir = repo(&[
+        ("Dockerfile", "FROM scratch\nCOPY app /app\n"),
+        ("go.mod", "module example.com/hello\n\ngo 1.19\n"),
+        ("main.go", GO_MAIN),
+    ])?;
+    insta::assert_snapshot!(explained(dir.path()).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_named_backend_is_used_and_unknown_names_are_explained() -> TestResult {
+    let dir = repo(&[
+        ("go.mod", "module example.com/hello\n"),
+        ("main.go", GO_MAIN),
+        ("hephy.toml", "[build]\nbackend = \"nodejs\"\n"),
+    ])?;
+    let ctx = BuildContext::open(dir.path())?;
+    let e = explain(&ctx, &default_backends()).await;
+    assert!(!e.ok());
+    insta::assert_snapshot!(host_free(e.to_string()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_go_importing_c_with_cgo_off() -> TestResult {
+    let dir = repo(&[
+        ("go.mod", "module example.com/cgo\n\ngo 1.19\n"),
+        ("main.go", GO_MAIN),
+        (
+            "native/native.go",
+            "package native\n\n/*\n#include <stdio.h>\n*/\nimport \"C\"\n\nfunc Hello() { C.puts(C.CString(\"hi\")) }\n",
+        ),
+        // A cgo twin that only builds with cgo on, and a Windows file: neither counts.
+        (
+            "native/twin.go",
+            "//go:build cgo && linux\n\npackage native\n\nimport (\n\t\"fmt\"\n\t\"C\"\n)\n\nvar _ = fmt.Sprint\n",
+        ),
+        ("native/win_windows.go", "package native\n\nimport \"C\"\n"),
+        ("native/native_test.go", "package native\n\nimport \"C\"\n"),
+    ])?;
+    let ctx = BuildContext::open(dir.path())?;
+    let err = check_go_cgo(&ctx).err().ok_or("import \"C\" should be refused")?;
+    insta::assert_snapshot!(err.to_string());
+    // `hephy check` reports it for the go backend.
+    insta::assert_snapshot!("explain_cgo", explained(dir.path()).await?);
+
+    // Without the cgo file, the module passes.
+    std::fs::remove_file(dir.path().join("native/native.go"))?;
+    check_go_cgo(&BuildContext::open(dir.path())?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refusals_show_in_explain() -> TestResult {
+    // A Dockerfile the builder cannot handle.
+    let dir = repo(&[(
+        "Dockerfile",
+        "FROM scratch\nRUN --mount=type=ssh cat /run/secrets/x\n",
+    )])?;
+    insta::assert_snapshot!("explain_ssh", explained(dir.path()).await?);
+
+    // A platform the backend cannot build.
+    let dir = repo(&[
+        ("Cargo.toml", "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n"),
+        ("src/main.rs", "fn main() {}\n"),
+        ("hephy.toml", "[build]\nplatforms = [\"linux/s390x\"]\n"),
+    ])?;
+    insta::assert_snapshot!("explain_platform", explained(dir.path()).await?);
+
+    // Nothing at all.
+    let dir = repo(&[("README", "nothing to build\n")])?;
+    let ctx = BuildContext::open(dir.path())?;
+    let e = explain(&ctx, &default_backends()).await;
+    assert!(e.chosen.is_some(), "the files backend takes anything, as a fallback: {e}");
+    Ok(())
+}

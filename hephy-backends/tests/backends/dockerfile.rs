@@ -1,0 +1,314 @@
+//! The dockerfile backend: kaniko settings mapping, the refusals `check` gives before any build,
+//! and a real build with buildah pushed to a real registry and inspected with skopeo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hephy_backends::dockerfile::{Builder, DockerfileBackend};
+use hephy_backends::testing::TestRegistry;
+use hephy_core::{Backend, BuildContext, BuildTarget, Events, Platform};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A repository in a temp dir with `files` (path, content).
+fn repo(files: &[(&str, &str)]) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, content)?;
+    }
+    Ok(dir)
+}
+
+fn ctx(dir: &Path) -> Result<BuildContext, Box<dyn std::error::Error>> {
+    Ok(BuildContext::open(dir)?)
+}
+
+/// An architecture that is not this machine's.
+fn foreign() -> Platform {
+    if Platform::host().architecture() == "arm64" {
+        Platform::linux_amd64()
+    } else {
+        Platform::linux_arm64()
+    }
+}
+
+/// Replaces this machine's platform in messages, so snapshots hold on any CI machine.
+fn normalize(s: &str) -> String {
+    s.replace(&foreign().to_string(), "[FOREIGN]")
+        .replace(foreign().architecture(), "[FOREIGN_ARCH]")
+        .replace(&Platform::host().to_string(), "[HOST]")
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hephy-cache")
+}
+
+#[tokio::test]
+async fn kaniko_settings_are_mapped_with_warnings() -> TestResult {
+    let dir = repo(&[
+        ("docker/Dockerfile", "FROM scratch\n"),
+        (
+            "hephy.toml",
+            r#"
+[build]
+backend = "kaniko"
+
+[build.kaniko]
+dockerfile = "docker/Dockerfile"
+context = "dir://."
+build-arg = ["VERSION=1.2", "MODE=prod"]
+target = "final"
+destination = "registry.example/team/app:latest"
+cache = true
+cache-repo = "registry.example/cache"
+snapshot-mode = "redo"
+single-snapshot = true
+reproducible = true
+use-new-run = true
+label = { team = "web" }
+"#,
+        ),
+    ])?;
+    let backend = DockerfileBackend::kaniko_alias();
+    let s = backend.settings(&ctx(dir.path())?)?;
+    assert_eq!(s.file.as_deref(), Some("docker/Dockerfile"));
+    assert_eq!(s.context.as_deref(), Some("."));
+    assert_eq!(s.target.as_deref(), Some("final"));
+    assert_eq!(s.args.get("VERSION").map(String::as_str), Some("1.2"));
+    assert_eq!(s.args.get("MODE").map(String::as_str), Some("prod"));
+    assert_eq!(s.labels.get("team").map(String::as_str), Some("web"));
+    assert!(s.squash, "single-snapshot should map to squashing");
+    insta::assert_snapshot!(s.warnings.join("\n"));
+
+    // A misspelt kaniko key is an error naming it, not silently ignored.
+    let dir = repo(&[
+        ("Dockerfile", "FROM scratch\n"),
+        ("hephy.toml", "[build.dockerfile.kaniko]\nbuild-argz = [\"A=1\"]\n"),
+    ])?;
+    let err = DockerfileBackend::new()
+        .settings(&ctx(dir.path())?)
+        .err()
+        .ok_or("a misspelt kaniko key should be refused")?;
+    insta::assert_snapshot!("kaniko_unknown_key", err.to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn detects_dockerfile_and_containerfile() -> TestResult {
+    let b = DockerfileBackend::new();
+    let d = b.detect(&ctx(repo(&[("Containerfile", "FROM scratch\n")])?.path())?).await;
+    assert!(d.detected(), "{d}");
+    assert_eq!(d.reason, "found Containerfile");
+    let d = b.detect(&ctx(repo(&[("go.mod", "module x\n")])?.path())?).await;
+    assert!(!d.detected(), "{d}");
+    let d = DockerfileBackend::kaniko_alias()
+        .detect(&ctx(repo(&[("Dockerfile", "FROM scratch\n")])?.path())?)
+        .await;
+    assert!(!d.detected(), "the kaniko alias must not compete in auto detection: {d}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_ssh_mounts() -> TestResult {
+    let dir = repo(&[(
+        "Dockerfile",
+        "FROM scratch AS build\nCOPY . /src\nRUN --mount=type=ssh \\\n    git clone git@example.com:team/private.git\n",
+    )])?;
+    let err = DockerfileBackend::new()
+        .check(&ctx(dir.path())?, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("RUN --mount=type=ssh should be refused")?;
+    insta::assert_snapshot!(err.to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_heredocs_on_old_buildah() -> TestResult {
+    let dir = repo(&[(
+        "Dockerfile",
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN <<EOF\n/bin/busybox echo hi > /x\nEOF\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )])?;
+    let old = Builder::Buildah {
+        program: PathBuf::from("buildah"),
+        version: (1, 28),
+    };
+    let err = DockerfileBackend::new()
+        .with_builder(old)
+        .check(&ctx(dir.path())?, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("a heredoc should be refused with buildah 1.28")?;
+    insta::assert_snapshot!(err.to_string());
+
+    // The heredoc body is not read as instructions: a newer buildah accepts the file.
+    let new = Builder::Buildah {
+        program: PathBuf::from("buildah"),
+        version: (1, 33),
+    };
+    DockerfileBackend::new()
+        .with_builder(new)
+        .check(&ctx(dir.path())?, &[Platform::host()])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_foreign_run_without_binfmt() -> TestResult {
+    let dir = repo(&[(
+        "Dockerfile",
+        "FROM scratch AS app\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"true\"]\n",
+    )])?;
+    let no_binfmt = tempfile::tempdir()?;
+    let backend = DockerfileBackend::new().with_binfmt_dir(no_binfmt.path());
+    let c = ctx(dir.path())?;
+    let err = backend
+        .check(&c, &[Platform::host(), foreign()])
+        .await
+        .err()
+        .ok_or("RUN for a foreign platform without binfmt should be refused")?;
+    insta::assert_snapshot!(normalize(&err.to_string()));
+    // The host platform alone is fine.
+    backend.check(&c, &[Platform::host()]).await?;
+
+    // With a qemu handler registered, the same platform is accepted.
+    let with_binfmt = tempfile::tempdir()?;
+    let q = match foreign().architecture() {
+        "arm64" => "aarch64",
+        _ => "x86_64",
+    };
+    std::fs::write(
+        with_binfmt.path().join(format!("qemu-{q}")),
+        format!("enabled\ninterpreter /usr/bin/qemu-{q}-static\nflags: F\noffset 0\nmagic 7f454c46\n"),
+    )?;
+    DockerfileBackend::new()
+        .with_binfmt_dir(with_binfmt.path())
+        .check(&c, &[foreign()])
+        .await?;
+
+    // A cross-compiling stage (`--platform=$BUILDPLATFORM`) runs natively: accepted, while a
+    // FROM scratch final stage has no RUN.
+    let cross = repo(&[(
+        "Dockerfile",
+        "FROM --platform=$BUILDPLATFORM scratch AS build\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"true\"]\n\nFROM scratch\nCOPY --from=build /bin/busybox /bin/busybox\n",
+    )])?;
+    backend.check(&ctx(cross.path())?, &[foreign()]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
+    let dir = repo(&[
+        ("Dockerfile", "FROM scratch AS build\nFROM scratch AS runtime\n"),
+        ("hephy.toml", "[build.dockerfile]\ntarget = \"prod\"\n"),
+    ])?;
+    let err = DockerfileBackend::new()
+        .check(&ctx(dir.path())?, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("an unknown target should be refused")?;
+    insta::assert_snapshot!("unknown_target", err.to_string());
+
+    let dir = repo(&[
+        ("Dockerfile", "FROM scratch\n"),
+        ("hephy.toml", "[build.dockerfile]\ncontext = \"../..\"\n"),
+    ])?;
+    let err = DockerfileBackend::new()
+        .check(&ctx(dir.path())?, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("a context outside the repository should be refused")?;
+    insta::assert_snapshot!("context_outside", err.to_string());
+    Ok(())
+}
+
+/// Debian's busybox-static: a static binary to build test images from, as nothing can be
+/// pulled from Docker Hub here.
+fn busybox() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        if Path::new(p).is_file() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err("busybox not found: apt-get install busybox-static (scripts/install-deps.sh installs it)".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
+    let dir = repo(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nARG GREETING=hi\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING > /greeting\"]\nENTRYPOINT [\"/bin/busybox\", \"cat\", \"/greeting\"]\n",
+        ),
+        ("hephy.toml", "[build.dockerfile]\nargs = { GREETING = \"built by buildah\" }\n"),
+    ])?;
+    std::fs::copy(busybox()?, dir.path().join("busybox"))?;
+    let out = tempfile::tempdir()?;
+    let backend = DockerfileBackend::new().with_cache_dir(cache_dir());
+    let c = ctx(dir.path())?;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    let events = Events::from_fn(move |e| {
+        if let Ok(mut l) = seen.lock() {
+            l.push(e.render());
+        }
+    });
+    let image = backend
+        .build(&c, &BuildTarget::new(Platform::host(), out.path()), &events)
+        .await?;
+    assert_eq!(image.platform, Some(Platform::host()));
+    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    assert!(log.contains("STEP"), "buildah's steps should be streamed to events:\n{log}");
+
+    // Push the layout to a real registry and read it back.
+    let registry = TestRegistry::start()?;
+    let dest = format!("{}/team/dockerfile-app:v1", registry.host());
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}@{}", out.path().display(), image.manifest))
+        .arg(format!("docker://{dest}"))
+        .status()?;
+    assert!(status.success(), "skopeo copy to the registry failed");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config"])
+        .arg(format!("docker://{dest}"))
+        .output()?;
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    assert_eq!(config["architecture"], Platform::host().architecture());
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/bin/busybox", "cat", "/greeting"])
+    );
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(2),
+        "COPY and RUN should each make a layer: {config}"
+    );
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{dest}"))
+        .output()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout)?;
+    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+
+    // The RUN step really ran: its file is in the last layer.
+    let unpacked = tempfile::tempdir()?;
+    let bundle = unpacked.path().join("bundle");
+    let ok = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{}", out.path().display(), Platform::host().slug()))
+        .arg(&bundle)
+        .status()?
+        .success();
+    assert!(ok, "umoci unpack failed");
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/greeting"))?,
+        "built by buildah\n"
+    );
+    Ok(())
+}
