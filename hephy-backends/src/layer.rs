@@ -634,6 +634,16 @@ pub struct SplitOptions {
     pub max_layers: usize,
 }
 
+impl SplitOptions {
+    /// Options aiming at layers of `bytes` (uncompressed).
+    pub fn with_target(bytes: u64) -> Self {
+        SplitOptions {
+            target_layer_bytes: bytes,
+            ..SplitOptions::default()
+        }
+    }
+}
+
 impl Default for SplitOptions {
     fn default() -> Self {
         SplitOptions {
