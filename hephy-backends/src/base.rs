@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::layer::{write_layer, Entry, LayerError, LayerOptions};
 use crate::layout::{from_oci_digest, LayoutError, OciLayout};
+use crate::registry::RegistryOptions;
 
 /// The user the default base and the Go and files backends run apps as.
 pub const APP_UID: u32 = 65532;
@@ -157,12 +158,26 @@ pub struct ResolvedBase {
 
 impl BaseImage {
     /// Puts the base's blobs for `platform` into `target` and returns its config and layers.
-    /// Relative layout paths are taken relative to `context_dir`.
+    /// Relative layout paths are taken relative to `context_dir`; registry images are pulled
+    /// with [`RegistryOptions::from_env`].
     pub async fn resolve(
         &self,
         platform: &Platform,
         target: &OciLayout,
         context_dir: &std::path::Path,
+    ) -> Result<ResolvedBase, BaseError> {
+        self.resolve_with(platform, target, context_dir, &RegistryOptions::from_env())
+            .await
+    }
+
+    /// [`BaseImage::resolve`] with the registry options (credentials, plain-HTTP registries)
+    /// to pull with.
+    pub async fn resolve_with(
+        &self,
+        platform: &Platform,
+        target: &OciLayout,
+        context_dir: &std::path::Path,
+        registry: &RegistryOptions,
     ) -> Result<ResolvedBase, BaseError> {
         match self {
             BaseImage::Default => {
@@ -187,14 +202,41 @@ impl BaseImage {
                 };
                 from_layout(&source, reference.as_deref(), platform, target, name)
             }
-            BaseImage::Registry(reference) => Err(BaseError::Pull {
-                reference: reference.to_string(),
-                message: "pulling base images from a registry is not available in this build of hephy-backends; \
-                          pull it into an OCI layout (skopeo copy docker://REF oci:DIR:TAG) and set base = \"oci:DIR:TAG\""
-                    .to_owned(),
-            }),
+            BaseImage::Registry(reference) => {
+                // Pulled into a shared cache layout: blobs already there are not fetched again,
+                // and the target gets hard links to them.
+                let cache = OciLayout::create(cache_dir().join("base-images"))?;
+                let digest = registry
+                    .pull_to_layout(reference, Some(platform), &cache)
+                    .await
+                    .map_err(|e| BaseError::Pull {
+                        reference: reference.to_string(),
+                        message: e.to_string(),
+                    })?;
+                let name = reference.repository_only().to_string();
+                let name = match reference.tag() {
+                    Some(t) => format!("{name}:{t}"),
+                    None => name,
+                };
+                from_manifest(&cache, digest, target, name)
+            }
         }
     }
+}
+
+/// hephy's cache directory: `$XDG_CACHE_HOME/hephy`, else `$HOME/.cache/hephy`, else one in the
+/// temp directory.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(std::env::temp_dir)
+        .join("hephy")
 }
 
 /// Picks the image for `platform` from the layout `source` (by `ref.name` when given), copies
@@ -229,6 +271,21 @@ pub fn from_layout(
             name,
             platform: platform.clone(),
         });
+    };
+    from_manifest(source, manifest_digest, target, name)
+}
+
+/// Copies the image whose manifest is `manifest_digest` in `source` into `target` and returns
+/// it as a base named `name`.
+pub fn from_manifest(
+    source: &OciLayout,
+    manifest_digest: Digest,
+    target: &OciLayout,
+    name: String,
+) -> Result<ResolvedBase, BaseError> {
+    let invalid = |message: String| BaseError::Invalid {
+        name: name.clone(),
+        message,
     };
     let manifest: ImageManifest = source.read_json(&manifest_digest)?;
     let config_digest =

@@ -21,6 +21,7 @@ use crate::base::{BaseImage, APP_UID};
 use crate::image::{ImageBuilder, WrittenImage};
 use crate::layer::SplitOptions;
 use crate::layout::OciLayout;
+use crate::registry::RegistryOptions;
 
 /// The `[build.files]` table of `hephy.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -88,6 +89,7 @@ impl FilesSettings {
 #[derive(Debug, Clone, Default)]
 pub struct FilesBackend {
     split: SplitOptions,
+    registry: Option<RegistryOptions>,
 }
 
 impl FilesBackend {
@@ -101,15 +103,36 @@ impl FilesBackend {
         self.split = split;
         self
     }
+
+    /// Pulls registry base images with `options` instead of [`RegistryOptions::from_env`].
+    pub fn with_registry_options(mut self, options: RegistryOptions) -> Self {
+        self.registry = Some(options);
+        self
+    }
+
+    /// Builds the image of `ctx` with `settings` for `platform` into the OCI layout at
+    /// `out_dir` (created if needed), named `latest` there: what [`Backend::build`] does, for
+    /// callers that have a directory and no pipeline (benchmarks, tools).
+    pub async fn build_image(
+        &self,
+        ctx: &BuildContext,
+        settings: &FilesSettings,
+        platform: &Platform,
+        out_dir: &Path,
+    ) -> Result<WrittenImage, BuildError> {
+        let registry = self
+            .registry
+            .clone()
+            .unwrap_or_else(RegistryOptions::from_env);
+        build_files_image(ctx, settings, &self.split, &registry, platform, out_dir).await
+    }
 }
 
-/// Builds the image of `ctx` with `settings` for `platform` into the OCI layout at `out_dir`
-/// (created if needed), named `latest` there. This is what [`FilesBackend`] does, for callers
-/// that have a directory and no pipeline (benchmarks, tools).
-pub async fn build_files_image(
+async fn build_files_image(
     ctx: &BuildContext,
     settings: &FilesSettings,
     split: &SplitOptions,
+    registry: &RegistryOptions,
     platform: &Platform,
     out_dir: &Path,
 ) -> Result<WrittenImage, BuildError> {
@@ -131,7 +154,10 @@ pub async fn build_files_image(
         .map_err(|e| BuildError::other("cannot create the image layout", e))?;
     let port = ctx.config().deploy.port;
     let dest = settings.dest.trim_matches('/').to_owned();
-    let base = settings.base.resolve(platform, &layout, ctx.dir()).await?;
+    let base = settings
+        .base
+        .resolve_with(platform, &layout, ctx.dir(), registry)
+        .await?;
     let mut image = ImageBuilder::for_context(ctx, platform.clone())
         .base(base)
         .dir_filtered(
@@ -170,7 +196,9 @@ pub async fn build_dir_image(
     out_dir: &Path,
 ) -> Result<WrittenImage, BuildError> {
     let ctx = BuildContext::new(dir, AppConfig::default());
-    build_files_image(&ctx, settings, &SplitOptions::default(), platform, out_dir).await
+    FilesBackend::new()
+        .build_image(&ctx, settings, platform, out_dir)
+        .await
 }
 
 #[async_trait]
@@ -198,8 +226,9 @@ impl Backend for FilesBackend {
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
         let s = settings(ctx)?;
-        let written =
-            build_files_image(ctx, &s, &self.split, &target.platform, &target.out_dir).await?;
+        let written = self
+            .build_image(ctx, &s, &target.platform, &target.out_dir)
+            .await?;
         let bytes: u64 = written.new_layers.iter().map(|l| l.size).sum();
         events.log(format!(
             "image {} ({} new layers, {bytes} bytes compressed)",

@@ -29,6 +29,7 @@ use crate::exec;
 use crate::image::ImageBuilder;
 use crate::layer::Entry;
 use crate::layout::OciLayout;
+use crate::registry::RegistryOptions;
 
 /// Where the `data` directory goes in the image.
 pub const DATA_PATH: &str = "/var/run/hephy/data";
@@ -62,6 +63,7 @@ pub struct GoSettings {
 #[derive(Debug, Clone, Default)]
 pub struct GoBackend {
     cache_dir: Option<PathBuf>,
+    registry: Option<RegistryOptions>,
 }
 
 const INSTALL_HINT: &str =
@@ -79,22 +81,19 @@ impl GoBackend {
         self
     }
 
+    /// Pulls registry base images with `options` instead of [`RegistryOptions::from_env`].
+    pub fn with_registry_options(mut self, options: RegistryOptions) -> Self {
+        self.registry = Some(options);
+        self
+    }
+
     /// The `GOCACHE` used: the one set, else `$XDG_CACHE_HOME/hephy/go-build`, else
     /// `$HOME/.cache/hephy/go-build`, else one in the temp directory.
     pub fn cache_dir(&self) -> PathBuf {
         if let Some(d) = &self.cache_dir {
             return d.clone();
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .map(|h| PathBuf::from(h).join(".cache"))
-            })
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("hephy").join("go-build")
+        crate::base::cache_dir().join("go-build")
     }
 }
 

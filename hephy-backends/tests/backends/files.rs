@@ -119,3 +119,96 @@ async fn build_dir_image_is_deterministic() -> Result {
     assert_eq!(one.manifest.size(), two.manifest.size());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_image_from_a_registry_and_from_a_layout() -> Result {
+    use hephy_backends::base::BaseImage;
+    use hephy_backends::files::FilesSettings;
+    use hephy_backends::image::ImageBuilder;
+    use hephy_backends::layer::Entry;
+
+    let tmp = tempfile::tempdir()?;
+    // A base image of our own: the default base plus a marker file, pushed with skopeo.
+    let base_layout = OciLayout::create(tmp.path().join("base"))?;
+    let p = Platform::linux_amd64();
+    let base = BaseImage::Default
+        .resolve(&p, &base_layout, tmp.path())
+        .await?;
+    ImageBuilder::new(p.clone())
+        .base(base)
+        .entries(vec![Entry::bytes(
+            "etc/base-marker",
+            b"from the base\n".to_vec(),
+            0o644,
+        )])
+        .write(&base_layout, Some("1"))
+        .await?;
+    let registry = hephy_backends::testing::TestRegistry::start()?;
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", base_layout.root().display()))
+        .arg(format!("docker://{}/team/base:1", registry.host()))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tmp.path().join("site");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), "hi\n")?;
+    let ctx = BuildContext::new(&dir, AppConfig::default());
+    let backend = FilesBackend::new().with_registry_options(
+        hephy_backends::RegistryOptions::default().insecure(registry.host()),
+    );
+    let reference = format!("{}/team/base:1", registry.host());
+    for (name, base) in [
+        ("registry", reference.parse::<BaseImage>()?),
+        (
+            "layout",
+            format!("oci:{}:1", base_layout.root().display()).parse::<BaseImage>()?,
+        ),
+    ] {
+        let out_dir = tmp.path().join(name);
+        let written = backend
+            .build_image(
+                &ctx,
+                &FilesSettings::default().with_base(base),
+                &p,
+                &out_dir,
+            )
+            .await?;
+        let layout = OciLayout::open(&out_dir)?;
+        let manifest: oci_spec::image::ImageManifest = layout.read_json(&written.digest)?;
+        let ann = manifest.annotations().clone().unwrap_or_default();
+        assert!(
+            ann.get("org.opencontainers.image.base.digest")
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{name}: {ann:?}"
+        );
+        let base_name = ann
+            .get("org.opencontainers.image.base.name")
+            .cloned()
+            .unwrap_or_default();
+        if name == "registry" {
+            assert_eq!(base_name, reference);
+        }
+        assert_eq!(
+            manifest.layers().len(),
+            3,
+            "{name}: default base, marker, files"
+        );
+        let bundle = tmp.path().join(format!("{name}-bundle"));
+        umoci_unpack(layout.root(), "latest", &bundle)?;
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("rootfs/etc/base-marker"))?,
+            "from the base\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(bundle.join("rootfs/app/index.html"))?,
+            "hi\n"
+        );
+    }
+    Ok(())
+}
