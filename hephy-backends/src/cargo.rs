@@ -81,13 +81,28 @@ pub fn rust_targets(platform: &Platform) -> Option<(&'static str, &'static str)>
     Some(match (platform.architecture(), platform.variant()) {
         ("amd64", _) => ("x86_64-unknown-linux-musl", "x86_64-unknown-linux-gnu"),
         ("arm64", _) => ("aarch64-unknown-linux-musl", "aarch64-unknown-linux-gnu"),
-        ("arm", Some("v6")) => ("arm-unknown-linux-musleabihf", "arm-unknown-linux-gnueabihf"),
-        ("arm", _) => ("armv7-unknown-linux-musleabihf", "armv7-unknown-linux-gnueabihf"),
+        ("arm", Some("v6")) => (
+            "arm-unknown-linux-musleabihf",
+            "arm-unknown-linux-gnueabihf",
+        ),
+        ("arm", _) => (
+            "armv7-unknown-linux-musleabihf",
+            "armv7-unknown-linux-gnueabihf",
+        ),
         ("386", _) => ("i686-unknown-linux-musl", "i686-unknown-linux-gnu"),
-        ("riscv64", _) => ("riscv64gc-unknown-linux-musl", "riscv64gc-unknown-linux-gnu"),
-        ("ppc64le", _) => ("powerpc64le-unknown-linux-musl", "powerpc64le-unknown-linux-gnu"),
+        ("riscv64", _) => (
+            "riscv64gc-unknown-linux-musl",
+            "riscv64gc-unknown-linux-gnu",
+        ),
+        ("ppc64le", _) => (
+            "powerpc64le-unknown-linux-musl",
+            "powerpc64le-unknown-linux-gnu",
+        ),
         ("s390x", _) => ("s390x-unknown-linux-musl", "s390x-unknown-linux-gnu"),
-        ("loong64", _) => ("loongarch64-unknown-linux-musl", "loongarch64-unknown-linux-gnu"),
+        ("loong64", _) => (
+            "loongarch64-unknown-linux-musl",
+            "loongarch64-unknown-linux-gnu",
+        ),
         _ => return None,
     })
 }
@@ -161,8 +176,8 @@ fn settings(ctx: &BuildContext) -> Result<CargoSettings, BuildError> {
 
 fn read_manifest(ctx: &BuildContext) -> Result<toml::Table, BuildError> {
     let path = ctx.dir().join("Cargo.toml");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| bad(format!("cannot read Cargo.toml: {e}")))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read Cargo.toml: {e}")))?;
     toml::from_str(&text).map_err(|e| bad(format!("Cargo.toml: {}", e.message().trim_end())))
 }
 
@@ -234,7 +249,12 @@ async fn sysroot(ctx: &BuildContext) -> Result<PathBuf, BuildError> {
 const INSTALL_HINT: &str = "install Rust (https://rustup.rs) where hephy builds";
 
 fn installed(sysroot: &Path, triple: &str) -> bool {
-    sysroot.join("lib").join("rustlib").join(triple).join("lib").is_dir()
+    sysroot
+        .join("lib")
+        .join("rustlib")
+        .join(triple)
+        .join("lib")
+        .is_dir()
 }
 
 /// What a platform builds with.
@@ -245,11 +265,7 @@ struct Choice {
     crt_static: bool,
 }
 
-fn choose_target(
-    platform: &Platform,
-    sysroot: &Path,
-    libc: &str,
-) -> Result<Choice, BuildError> {
+fn choose_target(platform: &Platform, sysroot: &Path, libc: &str) -> Result<Choice, BuildError> {
     let unsupported = |hint: String| BuildError::UnsupportedPlatform {
         backend: "cargo".into(),
         platform: platform.clone(),
@@ -285,15 +301,27 @@ pub fn elf_is_dynamic(bytes: &[u8]) -> Option<bool> {
     let le = bytes[5] == 1;
     let u16_at = |o: usize| -> Option<u64> {
         let b: [u8; 2] = bytes.get(o..o + 2)?.try_into().ok()?;
-        Some(if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) } as u64)
+        Some(if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        } as u64)
     };
     let u32_at = |o: usize| -> Option<u64> {
         let b: [u8; 4] = bytes.get(o..o + 4)?.try_into().ok()?;
-        Some(if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) } as u64)
+        Some(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as u64)
     };
     let u64_at = |o: usize| -> Option<u64> {
         let b: [u8; 8] = bytes.get(o..o + 8)?.try_into().ok()?;
-        Some(if le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+        Some(if le {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
     };
     let (phoff, phentsize, phnum) = match bytes[4] {
         2 => (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?),
@@ -464,9 +492,9 @@ impl Backend for CargoBackend {
                 other => other.into_build_error(INSTALL_HINT),
             })?;
         let path = target_dir.join(choice.triple).join("release").join(&bin);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| BuildError::other(format!("cargo build wrote no {}", path.display()), e))?;
+        let bytes = tokio::fs::read(&path).await.map_err(|e| {
+            BuildError::other(format!("cargo build wrote no {}", path.display()), e)
+        })?;
         if elf_is_dynamic(&bytes) == Some(true) {
             return Err(BuildError::Failed {
                 message: format!(

@@ -61,7 +61,13 @@ impl fmt::Display for Explanation {
                 } else {
                     "-"
                 };
-                writeln!(f, "  {mark} {:<10} {:<6} {}", d.backend, confidence_word(d.confidence), d.reason)?;
+                writeln!(
+                    f,
+                    "  {mark} {:<10} {:<6} {}",
+                    d.backend,
+                    confidence_word(d.confidence),
+                    d.reason
+                )?;
             }
         }
         writeln!(
@@ -188,14 +194,17 @@ pub fn check_go_cgo(ctx: &BuildContext) -> Result<(), BuildError> {
     };
     Err(BuildError::InvalidContext {
         problem: format!(
-            "{}{more} import \"C\", but hephy builds Go with cgo off (CGO_ENABLED=0) for a static binary on an empty base: remove the cgo code (or give it a `//go:build cgo` twin without it), or build with a Dockerfile whose base has a C toolchain and libc",
-            shown.join(", ")
+            "{}{more} {} \"C\", but hephy builds Go with cgo off (CGO_ENABLED=0) for a static binary on an empty base: remove the cgo code (or give it a `//go:build cgo` twin without it), or build with a Dockerfile whose base has a C toolchain and libc",
+            shown.join(", "),
+            if found.len() == 1 { "imports" } else { "import" }
         ),
     })
 }
 
 fn scan_go(root: &Path, dir: &Path, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -214,7 +223,9 @@ fn scan_go(root: &Path, dir: &Path, found: &mut Vec<String>) {
             if !go_file_name_matches_linux(&name) {
                 continue;
             }
-            let Ok(src) = std::fs::read_to_string(&path) else { continue };
+            let Ok(src) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             if !go_build_constraint_ok(&src) {
                 continue;
             }
@@ -227,8 +238,24 @@ fn scan_go(root: &Path, dir: &Path, found: &mut Vec<String>) {
 }
 
 const GOOS: &[&str] = &[
-    "aix", "android", "darwin", "dragonfly", "freebsd", "hurd", "illumos", "ios", "js", "linux",
-    "nacl", "netbsd", "openbsd", "plan9", "solaris", "wasip1", "windows", "zos",
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
 ];
 const GOARCH: &[&str] = &[
     "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64",
@@ -243,7 +270,11 @@ fn go_file_name_matches_linux(name: &str) -> bool {
         return true;
     }
     let last = parts[parts.len() - 1];
-    let prev = if parts.len() >= 3 { Some(parts[parts.len() - 2]) } else { None };
+    let prev = if parts.len() >= 3 {
+        Some(parts[parts.len() - 2])
+    } else {
+        None
+    };
     if GOARCH.contains(&last) {
         if let Some(p) = prev {
             if GOOS.contains(&p) {

@@ -201,7 +201,9 @@ impl KanikoSettings {
     pub fn map(&self, base: &mut ResolvedSettings) -> Result<(), String> {
         let w = &mut base.warnings;
         let no_equivalent = |w: &mut Vec<String>, key: &str, why: &str| {
-            w.push(format!("kaniko setting `{key}` has no equivalent and is ignored: {why}"));
+            w.push(format!(
+                "kaniko setting `{key}` has no equivalent and is ignored: {why}"
+            ));
         };
         if let Some(d) = &self.dockerfile {
             if base.file.is_none() {
@@ -260,14 +262,21 @@ impl KanikoSettings {
             }
         }
         if self.snapshot_mode.is_some() {
-            no_equivalent(w, "snapshot-mode", "the builder computes layer diffs itself");
+            no_equivalent(
+                w,
+                "snapshot-mode",
+                "the builder computes layer diffs itself",
+            );
         }
         if self.use_new_run.is_some() {
             no_equivalent(w, "use-new-run", "RUN is always run the builder's way");
         }
         if self.single_snapshot == Some(true) {
             base.squash = true;
-            w.push("kaniko setting `single-snapshot` is mapped to squashing the image into one layer".into());
+            w.push(
+                "kaniko setting `single-snapshot` is mapped to squashing the image into one layer"
+                    .into(),
+            );
         }
         if self.custom_platform.is_some() {
             w.push("kaniko setting `custom-platform` is ignored: list the platforms in [build] platforms = [\"linux/amd64\"]".into());
@@ -439,7 +448,8 @@ impl DockerfileBackend {
             let k: KanikoSettings = build.backend_settings("kaniko").map_err(bad)?;
             if kaniko.is_some() {
                 return Err(BuildError::InvalidContext {
-                    problem: "both [build.kaniko] and [build.dockerfile.kaniko] are set: keep one".into(),
+                    problem: "both [build.kaniko] and [build.dockerfile.kaniko] are set: keep one"
+                        .into(),
                 });
             }
             kaniko = Some(k);
@@ -457,7 +467,11 @@ impl DockerfileBackend {
     }
 
     /// The Dockerfile `ctx` would be built from, relative to the repository, if there is one.
-    fn dockerfile_path(&self, ctx: &BuildContext, s: &ResolvedSettings) -> Result<PathBuf, BuildError> {
+    fn dockerfile_path(
+        &self,
+        ctx: &BuildContext,
+        s: &ResolvedSettings,
+    ) -> Result<PathBuf, BuildError> {
         match &s.file {
             Some(f) => {
                 let p = safe_join(ctx.dir(), f, "[build.dockerfile] file")?;
@@ -533,11 +547,7 @@ impl DockerfileBackend {
     }
 
     /// Everything [`Backend::check`] verifies, returning the parsed Dockerfile and builder.
-    async fn plan(
-        &self,
-        ctx: &BuildContext,
-        platforms: &[Platform],
-    ) -> Result<Plan, BuildError> {
+    async fn plan(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
         let settings = self.settings(ctx)?;
         let file = self.dockerfile_path(ctx, &settings)?;
         let context = self.context_dir(ctx, &settings)?;
@@ -546,11 +556,12 @@ impl DockerfileBackend {
             .unwrap_or(&file)
             .display()
             .to_string();
-        let text = tokio::fs::read_to_string(&file)
-            .await
-            .map_err(|e| BuildError::InvalidContext {
-                problem: format!("cannot read {rel}: {e}"),
-            })?;
+        let text =
+            tokio::fs::read_to_string(&file)
+                .await
+                .map_err(|e| BuildError::InvalidContext {
+                    problem: format!("cannot read {rel}: {e}"),
+                })?;
         let df = Dockerfile::parse(&text).map_err(|e| BuildError::InvalidContext {
             problem: format!("{rel}:{e}"),
         })?;
@@ -595,7 +606,9 @@ impl DockerfileBackend {
                 return Err(BuildError::UnsupportedPlatform {
                     backend: self.name.clone(),
                     platform: platform.clone(),
-                    hint: "Dockerfiles build Linux images: list linux platforms in [build] platforms".into(),
+                    hint:
+                        "Dockerfiles build Linux images: list linux platforms in [build] platforms"
+                            .into(),
                 });
             }
             for &i in &needed {
@@ -744,10 +757,23 @@ impl DockerfileBackend {
             .arg("--format")
             .arg("oci")
             .arg(&tag)
-            .arg(format!("oci:{}:{}", target.out_dir.display(), target.platform.slug()));
+            .arg(format!(
+                "oci:{}:{}",
+                target.out_dir.display(),
+                target.platform.slug()
+            ));
         exec::run(push, events, exec::TAIL_LINES)
             .await
             .map_err(|e| run_failed("buildah push", e, "writing the built image failed"))?;
+
+        // The image now lives in the layout; drop the tag so the store does not collect one
+        // image per build directory. Cached layers stay, for the next build.
+        let mut rmi = tokio::process::Command::new(program);
+        global(&mut rmi);
+        rmi.arg("rmi").arg(&tag);
+        if let Err(e) = exec::run(rmi, &Events::discard(), 5).await {
+            events.warn(format!("could not untag {tag} in buildah's store: {e}"));
+        }
         Ok(())
     }
 
@@ -806,7 +832,13 @@ impl DockerfileBackend {
         apply_env(&mut cmd, ctx);
         exec::run(cmd, events, exec::TAIL_LINES)
             .await
-            .map_err(|e| run_failed("buildctl build", e, "the Dockerfile build failed; is buildkitd running (BUILDKIT_HOST)?"))?;
+            .map_err(|e| {
+                run_failed(
+                    "buildctl build",
+                    e,
+                    "the Dockerfile build failed; is buildkitd running (BUILDKIT_HOST)?",
+                )
+            })?;
         Ok(())
     }
 }
@@ -816,7 +848,6 @@ struct Plan {
     file: PathBuf,
     context: PathBuf,
     builder: Builder,
-    #[allow(dead_code)]
     dockerfile: Dockerfile,
 }
 
@@ -834,7 +865,8 @@ fn run_failed(what: &str, e: ExecError, hint: &str) -> BuildError {
                 tail.join("\n")
             ),
         },
-        other => other.into_build_error("install buildah (apt-get install buildah), or BuildKit's buildctl"),
+        other => other
+            .into_build_error("install buildah (apt-get install buildah), or BuildKit's buildctl"),
     }
 }
 
@@ -893,7 +925,11 @@ pub(crate) fn parse_buildah_version(s: &str) -> Option<(u32, u32)> {
     let v = s.split_whitespace().nth(2)?;
     let mut it = v.split('.');
     let major = it.next()?.parse().ok()?;
-    let minor = it.next()?.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
+    let minor = it
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
     Some((major, minor))
 }
 
@@ -967,7 +1003,10 @@ impl Backend for DockerfileBackend {
 
     async fn detect(&self, ctx: &BuildContext) -> Detection {
         if self.name != "dockerfile" {
-            return Detection::no(&self.name, "an alias of the dockerfile backend; it does not detect apps");
+            return Detection::no(
+                &self.name,
+                "an alias of the dockerfile backend; it does not detect apps",
+            );
         }
         let settings = match self.settings(ctx) {
             Ok(s) => s,
@@ -980,7 +1019,10 @@ impl Backend for DockerfileBackend {
                     Confidence::High,
                     format!("found {f} (set in [build.dockerfile] file)"),
                 ),
-                _ => Detection::no(&self.name, format!("[build.dockerfile] file {f:?} does not exist")),
+                _ => Detection::no(
+                    &self.name,
+                    format!("[build.dockerfile] file {f:?} does not exist"),
+                ),
             };
         }
         for n in DOCKERFILE_NAMES {
@@ -1001,7 +1043,9 @@ impl Backend for DockerfileBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
-        let plan = self.plan(ctx, std::slice::from_ref(&target.platform)).await?;
+        let plan = self
+            .plan(ctx, std::slice::from_ref(&target.platform))
+            .await?;
         for w in &plan.settings.warnings {
             events.warn(w.clone());
         }
@@ -1010,18 +1054,25 @@ impl Backend for DockerfileBackend {
         }
         tokio::fs::create_dir_all(&target.out_dir)
             .await
-            .map_err(|e| BuildError::other(format!("cannot create {}", target.out_dir.display()), e))?;
+            .map_err(|e| {
+                BuildError::other(format!("cannot create {}", target.out_dir.display()), e)
+            })?;
         events.log(format!(
             "Building {} with {}",
-            plan.file.strip_prefix(ctx.dir()).unwrap_or(&plan.file).display(),
+            plan.file
+                .strip_prefix(ctx.dir())
+                .unwrap_or(&plan.file)
+                .display(),
             plan.builder.name()
         ));
         match &plan.builder {
             Builder::Buildah { program, .. } => {
-                self.build_buildah(ctx, &plan, program, target, events).await?
+                self.build_buildah(ctx, &plan, program, target, events)
+                    .await?
             }
             Builder::Buildctl { program } => {
-                self.build_buildctl(ctx, &plan, program, target, events).await?
+                self.build_buildctl(ctx, &plan, program, target, events)
+                    .await?
             }
         }
         let manifest = layout_manifest(&target.out_dir, &target.platform.slug())?;
@@ -1046,16 +1097,23 @@ fn layout_manifest(dir: &Path, tag: &str) -> Result<Digest, BuildError> {
         annotations: BTreeMap<String, String>,
     }
     let path = dir.join("index.json");
-    let text = std::fs::read(&path).map_err(|e| BuildError::other(
-        format!("the builder wrote no OCI layout at {}", dir.display()),
-        e,
-    ))?;
+    let text = std::fs::read(&path).map_err(|e| {
+        BuildError::other(
+            format!("the builder wrote no OCI layout at {}", dir.display()),
+            e,
+        )
+    })?;
     let index: Index = serde_json::from_slice(&text)
         .map_err(|e| BuildError::other(format!("{} is not an OCI index", path.display()), e))?;
     let pick = index
         .manifests
         .iter()
-        .find(|m| m.annotations.get("org.opencontainers.image.ref.name").map(String::as_str) == Some(tag))
+        .find(|m| {
+            m.annotations
+                .get("org.opencontainers.image.ref.name")
+                .map(String::as_str)
+                == Some(tag)
+        })
         .or_else(|| index.manifests.last())
         .ok_or_else(|| BuildError::Failed {
             message: format!("the builder wrote an empty OCI layout at {}", dir.display()),
@@ -1134,7 +1192,9 @@ impl Dockerfile {
         while i < lines.len() {
             let l = lines[i].trim();
             let Some(d) = l.strip_prefix('#') else { break };
-            let Some((k, v)) = d.split_once('=') else { break };
+            let Some((k, v)) = d.split_once('=') else {
+                break;
+            };
             let k = k.trim().to_ascii_lowercase();
             match k.as_str() {
                 "escape" => escape = v.trim().chars().next().unwrap_or('\\'),
@@ -1215,7 +1275,11 @@ impl Dockerfile {
                         }
                         let l = lines[i];
                         i += 1;
-                        let l = if strip_tabs { l.trim_start_matches('\t') } else { l };
+                        let l = if strip_tabs {
+                            l.trim_start_matches('\t')
+                        } else {
+                            l
+                        };
                         if l.trim_end() == word {
                             break;
                         }
@@ -1233,10 +1297,14 @@ impl Dockerfile {
                 let mut words = ins.args.split_whitespace();
                 let base = words
                     .next()
-                    .ok_or_else(|| format!("{start}: FROM needs an image: write FROM image[:tag] [AS name]"))?
+                    .ok_or_else(|| {
+                        format!("{start}: FROM needs an image: write FROM image[:tag] [AS name]")
+                    })?
                     .to_owned();
                 let name = match (words.next(), words.next()) {
-                    (Some(a), Some(n)) if a.eq_ignore_ascii_case("as") => Some(n.to_ascii_lowercase()),
+                    (Some(a), Some(n)) if a.eq_ignore_ascii_case("as") => {
+                        Some(n.to_ascii_lowercase())
+                    }
                     (None, _) => None,
                     _ => {
                         return Err(format!(
@@ -1265,7 +1333,10 @@ impl Dockerfile {
             }
         }
         if df.stages.is_empty() {
-            return Err("1: the Dockerfile has no FROM: start it with FROM image[:tag], or FROM scratch".into());
+            return Err(
+                "1: the Dockerfile has no FROM: start it with FROM image[:tag], or FROM scratch"
+                    .into(),
+            );
         }
         Ok(df)
     }
@@ -1359,9 +1430,16 @@ fn heredoc_words(args: &str) -> Vec<String> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '\''))
             .collect();
-        let bare = word.trim_start_matches('-').trim_matches(|c| c == '"' || c == '\'');
+        let bare = word
+            .trim_start_matches('-')
+            .trim_matches(|c| c == '"' || c == '\'');
         // `<<` followed by a word that starts with a letter or `_` (not `<<<` or `<< 5`).
-        if !bare.is_empty() && bare.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+        if !bare.is_empty()
+            && bare
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        {
             out.push(word.clone());
         }
         rest = &after[word.len()..];

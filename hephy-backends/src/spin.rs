@@ -112,14 +112,14 @@ impl SpinBackend {
         self.spin.clone().or_else(|| find_program("spin"))
     }
 
-    fn settings(ctx: &BuildContext) -> Result<(SpinSettings, SpinFormat, PathBuf, String), BuildError> {
-        let s: SpinSettings = ctx
-            .config()
-            .build
-            .backend_settings("spin")
-            .map_err(|e| BuildError::InvalidContext {
+    fn settings(
+        ctx: &BuildContext,
+    ) -> Result<(SpinSettings, SpinFormat, PathBuf, String), BuildError> {
+        let s: SpinSettings = ctx.config().build.backend_settings("spin").map_err(|e| {
+            BuildError::InvalidContext {
                 problem: e.to_string(),
-            })?;
+            }
+        })?;
         let format = match s.format.as_deref() {
             None | Some("spin") => SpinFormat::Spin,
             Some("wasm") => SpinFormat::Wasm,
@@ -191,7 +191,10 @@ struct RawVariable {
 #[serde(untagged)]
 enum RawSource {
     Local(String),
-    Remote { url: String, digest: String },
+    Remote {
+        url: String,
+        digest: String,
+    },
     Registry {
         package: String,
         version: String,
@@ -280,7 +283,12 @@ impl SpinApp {
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| format!(":{}", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        ":{}",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
                 .unwrap_or_default();
             bad(format!("{rel}{line}: {}", e.message().trim_end()))
         })?;
@@ -306,9 +314,11 @@ impl SpinApp {
                 )))
             }
         }
-        let app = raw
-            .application
-            .ok_or_else(|| bad(format!("{rel} has no [application] table: add one with name = \"my-app\"")))?;
+        let app = raw.application.ok_or_else(|| {
+            bad(format!(
+                "{rel} has no [application] table: add one with name = \"my-app\""
+            ))
+        })?;
 
         // Components, in the order they are written, plus inline components of triggers.
         let mut comps: Vec<(usize, String, RawComponent)> = raw
@@ -372,9 +382,15 @@ impl SpinApp {
                         cid = format!("inline-component{n}");
                         n += 1;
                     }
-                    let c: RawComponent = toml::Value::Table(inline)
-                        .try_into()
-                        .map_err(|e: toml::de::Error| bad(format!("{rel}: trigger {id}: inline component: {}", e.message())))?;
+                    let c: RawComponent =
+                        toml::Value::Table(inline)
+                            .try_into()
+                            .map_err(|e: toml::de::Error| {
+                                bad(format!(
+                                    "{rel}: trigger {id}: inline component: {}",
+                                    e.message()
+                                ))
+                            })?;
                     components.push((cid.clone(), c));
                     Some(cid)
                 }
@@ -505,12 +521,14 @@ fn resolve_component(
         }
     };
     let source = safe_join(root, &source_rel, &format!("component {id} source"))?;
-    let has_build = c
-        .build
-        .as_ref()
-        .is_some_and(|b| b.get("command").is_some());
+    let has_build = c.build.as_ref().is_some_and(|b| b.get("command").is_some());
     if !(source.is_file() || may_build && has_build) {
-        let how = match c.build.as_ref().and_then(|b| b.get("command")).and_then(|v| v.as_str()) {
+        let how = match c
+            .build
+            .as_ref()
+            .and_then(|b| b.get("command"))
+            .and_then(|v| v.as_str())
+        {
             Some(cmd) => format!(" (its build command: `{cmd}`)"),
             None => String::new(),
         };
@@ -592,12 +610,16 @@ fn resolve_files(
         .iter()
         .map(|p| {
             glob::Pattern::new(p).map_err(|e| {
-                bad(format!("{rel}: component {id}: exclude_files pattern {p:?} is invalid: {e}"))
+                bad(format!(
+                    "{rel}: component {id}: exclude_files pattern {p:?} is invalid: {e}"
+                ))
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let excluded = |app_rel: &Path| excludes.iter().any(|p| p.matches_path(app_rel));
-    let io = |what: &str, e: std::io::Error| bad(format!("{rel}: component {id}: cannot read {what}: {e}"));
+    let io = |what: &str, e: std::io::Error| {
+        bad(format!("{rel}: component {id}: cannot read {what}: {e}"))
+    };
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
     for m in mounts {
         match m {
@@ -617,7 +639,9 @@ fn resolve_files(
                 } else if glob::Pattern::escape(p) != *p {
                     let pattern = path.to_string_lossy().into_owned();
                     let paths = glob::glob(&pattern).map_err(|e| {
-                        bad(format!("{rel}: component {id}: files pattern {p:?} is invalid: {e}"))
+                        bad(format!(
+                            "{rel}: component {id}: files pattern {p:?} is invalid: {e}"
+                        ))
                     })?;
                     for f in paths.flatten() {
                         if !f.is_file() {
@@ -636,7 +660,10 @@ fn resolve_files(
                     )));
                 }
             }
-            RawMount::Placement { source, destination } => {
+            RawMount::Placement {
+                source,
+                destination,
+            } => {
                 let src = safe_join(root, source, &format!("component {id} files source"))?;
                 let dest = destination.trim_start_matches('/');
                 if src.is_dir() {
@@ -681,7 +708,10 @@ struct Layer {
 
 /// Writes `path` into the layout as a blob, streaming; returns its digest, size and, when
 /// small, its bytes for inlining.
-fn blob_from_file(layout: &OciLayout, path: &Path) -> Result<(Digest, u64, Option<Vec<u8>>), BuildError> {
+fn blob_from_file(
+    layout: &OciLayout,
+    path: &Path,
+) -> Result<(Digest, u64, Option<Vec<u8>>), BuildError> {
     let err = |e: &dyn std::fmt::Display| {
         BuildError::other(format!("cannot store {}", path.display()), e.to_string())
     };
@@ -735,7 +765,8 @@ fn write_descriptor(
     value: &Value,
     media_type: &str,
 ) -> Result<(Digest, u64), BuildError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| BuildError::other("cannot encode JSON", e))?;
+    let bytes =
+        serde_json::to_vec(value).map_err(|e| BuildError::other("cannot encode JSON", e))?;
     let _ = media_type;
     layout
         .write_blob(&bytes)
@@ -747,7 +778,11 @@ fn layer_json(l: &Layer) -> Value {
 }
 
 impl SpinApp {
-    fn write_spin(&self, ctx: &BuildContext, layout: &OciLayout) -> Result<(Digest, u64), BuildError> {
+    fn write_spin(
+        &self,
+        ctx: &BuildContext,
+        layout: &OciLayout,
+    ) -> Result<(Digest, u64), BuildError> {
         let mut layers: Vec<Layer> = vec![];
         let mut seen = BTreeSet::new();
         let mut push = |layers: &mut Vec<Layer>, l: Layer| {
@@ -759,7 +794,14 @@ impl SpinApp {
         for c in &self.components {
             check_wasm(&c.source, &c.source_rel, &c.id)?;
             let (digest, size, inline) = blob_from_file(layout, &c.source)?;
-            push(&mut layers, Layer { media_type: WASM_LAYER_MEDIA_TYPE, digest: digest.clone(), size });
+            push(
+                &mut layers,
+                Layer {
+                    media_type: WASM_LAYER_MEDIA_TYPE,
+                    digest: digest.clone(),
+                    size,
+                },
+            );
             let mut source = content_ref(&digest, inline.as_deref());
             source.insert("content_type".into(), "application/wasm".into());
             let mut files = vec![];
@@ -770,7 +812,14 @@ impl SpinApp {
                 files.push(Value::Object(f));
                 // Spin does not push inlined files: some registries reject tiny blobs.
                 if inline.is_none() {
-                    push(&mut layers, Layer { media_type: DATA_MEDIA_TYPE, digest, size });
+                    push(
+                        &mut layers,
+                        Layer {
+                            media_type: DATA_MEDIA_TYPE,
+                            digest,
+                            size,
+                        },
+                    );
                 }
             }
             let mut comp = serde_json::Map::new();
@@ -817,18 +866,33 @@ impl SpinApp {
         let (config_digest, config_size) =
             write_descriptor(layout, &config, "application/vnd.oci.image.config.v1+json")?;
         let mut annotations = serde_json::Map::new();
-        annotations.insert("org.opencontainers.image.created".into(), rfc3339(ctx).into());
+        annotations.insert(
+            "org.opencontainers.image.created".into(),
+            rfc3339(ctx).into(),
+        );
         if !self.authors.is_empty() {
-            annotations.insert("org.opencontainers.image.authors".into(), self.authors.join(", ").into());
+            annotations.insert(
+                "org.opencontainers.image.authors".into(),
+                self.authors.join(", ").into(),
+            );
         }
         if !self.name.is_empty() {
-            annotations.insert("org.opencontainers.image.title".into(), self.name.clone().into());
+            annotations.insert(
+                "org.opencontainers.image.title".into(),
+                self.name.clone().into(),
+            );
         }
         if !self.description.is_empty() {
-            annotations.insert("org.opencontainers.image.description".into(), self.description.clone().into());
+            annotations.insert(
+                "org.opencontainers.image.description".into(),
+                self.description.clone().into(),
+            );
         }
         if !self.version.is_empty() {
-            annotations.insert("org.opencontainers.image.version".into(), self.version.clone().into());
+            annotations.insert(
+                "org.opencontainers.image.version".into(),
+                self.version.clone().into(),
+            );
         }
         let manifest = json!({
             "schemaVersion": 2,
@@ -841,10 +905,18 @@ impl SpinApp {
             "layers": layers.iter().map(layer_json).collect::<Vec<_>>(),
             "annotations": annotations,
         });
-        write_descriptor(layout, &manifest, "application/vnd.oci.image.manifest.v1+json")
+        write_descriptor(
+            layout,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
     }
 
-    fn write_wasm(&self, ctx: &BuildContext, layout: &OciLayout) -> Result<(Digest, u64), BuildError> {
+    fn write_wasm(
+        &self,
+        ctx: &BuildContext,
+        layout: &OciLayout,
+    ) -> Result<(Digest, u64), BuildError> {
         let [c] = self.components.as_slice() else {
             return Err(bad(format!(
                 "[build.spin] format = \"wasm\" holds one component, and this app has {}: use format = \"spin\" (the default), which holds them all",
@@ -859,14 +931,24 @@ impl SpinApp {
             "os": if is_component { "wasip2" } else { "wasip1" },
             "layerDigests": [digest.to_string()],
         });
-        let (config_digest, config_size) = write_descriptor(layout, &config, WASM_CONFIG_MEDIA_TYPE)?;
+        let (config_digest, config_size) =
+            write_descriptor(layout, &config, WASM_CONFIG_MEDIA_TYPE)?;
         let mut annotations = serde_json::Map::new();
-        annotations.insert("org.opencontainers.image.created".into(), rfc3339(ctx).into());
+        annotations.insert(
+            "org.opencontainers.image.created".into(),
+            rfc3339(ctx).into(),
+        );
         if !self.name.is_empty() {
-            annotations.insert("org.opencontainers.image.title".into(), self.name.clone().into());
+            annotations.insert(
+                "org.opencontainers.image.title".into(),
+                self.name.clone().into(),
+            );
         }
         if !self.version.is_empty() {
-            annotations.insert("org.opencontainers.image.version".into(), self.version.clone().into());
+            annotations.insert(
+                "org.opencontainers.image.version".into(),
+                self.version.clone().into(),
+            );
         }
         let manifest = json!({
             "schemaVersion": 2,
@@ -880,7 +962,11 @@ impl SpinApp {
             "layers": [{"mediaType": WASM_MEDIA_TYPE, "digest": digest.to_string(), "size": size}],
             "annotations": annotations,
         });
-        write_descriptor(layout, &manifest, "application/vnd.oci.image.manifest.v1+json")
+        write_descriptor(
+            layout,
+            &manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
     }
 }
 
@@ -899,13 +985,11 @@ impl Backend for SpinBackend {
             return Detection::no("spin", format!("no {rel}"));
         }
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let name = toml::from_str::<toml::Table>(&text)
-            .ok()
-            .and_then(|t| {
-                t.get("application")
-                    .and_then(|a| a.get("name"))
-                    .and_then(|n| n.as_str().map(str::to_owned))
-            });
+        let name = toml::from_str::<toml::Table>(&text).ok().and_then(|t| {
+            t.get("application")
+                .and_then(|a| a.get("name"))
+                .and_then(|n| n.as_str().map(str::to_owned))
+        });
         let reason = match name {
             Some(n) => format!("found {rel} (Spin app {n})"),
             None => format!("found {rel}"),
@@ -940,14 +1024,21 @@ impl Backend for SpinBackend {
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
         let (settings, format, manifest_path, rel) = Self::settings(ctx)?;
-        let spin = if settings.build == Some(false) { None } else { self.spin_program() };
+        let spin = if settings.build == Some(false) {
+            None
+        } else {
+            self.spin_program()
+        };
         let app = self.load(ctx, spin.is_some())?;
         if app.any_build() {
             match &spin {
                 Some(program) => {
                     events.log(format!("Running spin build -f {rel}"));
                     let mut cmd = tokio::process::Command::new(program);
-                    cmd.arg("build").arg("-f").arg(&manifest_path).current_dir(ctx.dir());
+                    cmd.arg("build")
+                        .arg("-f")
+                        .arg(&manifest_path)
+                        .current_dir(ctx.dir());
                     for (k, v) in &ctx.config().build.env {
                         cmd.env(k, v);
                     }
@@ -955,7 +1046,9 @@ impl Backend for SpinBackend {
                         .await
                         .map_err(|e| e.into_build_error("install Spin (https://spinframework.dev/install) or commit the .wasm files"))?;
                 }
-                None => events.log("Spin is not installed: packaging the .wasm files in the repository"),
+                None => {
+                    events.log("Spin is not installed: packaging the .wasm files in the repository")
+                }
             }
         }
         // Read again: `spin build` made the .wasm files.
@@ -975,7 +1068,11 @@ impl Backend for SpinBackend {
         events.log(format!(
             "Packaged {} component(s) of {} as {} artifact {}",
             app.components.len(),
-            if app.name.is_empty() { "the Spin app" } else { &app.name },
+            if app.name.is_empty() {
+                "the Spin app"
+            } else {
+                &app.name
+            },
             match format {
                 SpinFormat::Spin => "a Spin",
                 SpinFormat::Wasm => "a Wasm OCI",

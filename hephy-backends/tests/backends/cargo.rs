@@ -77,7 +77,11 @@ async fn builds_hello_rust_and_runs_it_under_runc() -> TestResult {
     assert_eq!(d.reason, "found Cargo.toml with the binary hello-rust");
     let out = tempfile::tempdir()?;
     let image = backend
-        .build(&ctx, &BuildTarget::new(Platform::host(), out.path().join("image")), &Events::discard())
+        .build(
+            &ctx,
+            &BuildTarget::new(Platform::host(), out.path().join("image")),
+            &Events::discard(),
+        )
         .await?;
     assert_eq!(image.platform, Some(Platform::host()));
 
@@ -91,8 +95,15 @@ async fn builds_hello_rust_and_runs_it_under_runc() -> TestResult {
         .status()?;
     assert!(status.success(), "umoci unpack failed");
     let binary = std::fs::read(bundle.join("rootfs/app/hello-rust"))?;
-    assert_eq!(elf_is_dynamic(&binary), Some(false), "the binary should be static");
-    assert!(bundle.join("rootfs/etc/passwd").is_file(), "the default base should be there");
+    assert_eq!(
+        elf_is_dynamic(&binary),
+        Some(false),
+        "the binary should be static"
+    );
+    assert!(
+        bundle.join("rootfs/etc/passwd").is_file(),
+        "the default base should be there"
+    );
 
     // Host network, PORT set, no terminal.
     let port = free_port()?;
@@ -159,7 +170,10 @@ async fn refuses_a_platform_without_its_rust_target() -> TestResult {
 async fn needs_a_binary_target() -> TestResult {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("src"))?;
-    std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"lib-only\"\nversion = \"0.1.0\"\n")?;
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"lib-only\"\nversion = \"0.1.0\"\n",
+    )?;
     std::fs::write(dir.path().join("src/lib.rs"), "")?;
     let ctx = BuildContext::open(dir.path())?;
     let d = CargoBackend::new().detect(&ctx).await;

@@ -27,7 +27,9 @@ fn host_free(s: String) -> String {
 
 async fn explained(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let ctx = BuildContext::open(dir)?;
-    Ok(host_free(explain(&ctx, &default_backends()).await.to_string()))
+    Ok(host_free(
+        explain(&ctx, &default_backends()).await.to_string(),
+    ))
 }
 
 const GO_MAIN: &str = "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n";
@@ -75,7 +77,9 @@ async fn refuses_go_importing_c_with_cgo_off() -> TestResult {
         ("native/native_test.go", "package native\n\nimport \"C\"\n"),
     ])?;
     let ctx = BuildContext::open(dir.path())?;
-    let err = check_go_cgo(&ctx).err().ok_or("import \"C\" should be refused")?;
+    let err = check_go_cgo(&ctx)
+        .err()
+        .ok_or("import \"C\" should be refused")?;
     insta::assert_snapshot!(err.to_string());
     // `hephy check` reports it for the go backend.
     insta::assert_snapshot!("explain_cgo", explained(dir.path()).await?);
@@ -97,7 +101,10 @@ async fn refusals_show_in_explain() -> TestResult {
 
     // A platform the backend cannot build.
     let dir = repo(&[
-        ("Cargo.toml", "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n"),
+        (
+            "Cargo.toml",
+            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\n",
+        ),
         ("src/main.rs", "fn main() {}\n"),
         ("hephy.toml", "[build]\nplatforms = [\"linux/s390x\"]\n"),
     ])?;
@@ -107,6 +114,9 @@ async fn refusals_show_in_explain() -> TestResult {
     let dir = repo(&[("README", "nothing to build\n")])?;
     let ctx = BuildContext::open(dir.path())?;
     let e = explain(&ctx, &default_backends()).await;
-    assert!(e.chosen.is_some(), "the files backend takes anything, as a fallback: {e}");
+    assert!(
+        e.chosen.is_some(),
+        "the files backend takes anything, as a fallback: {e}"
+    );
     Ok(())
 }

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hephy_backends::dockerfile::{Builder, DockerfileBackend};
+use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
 use hephy_backends::testing::TestRegistry;
-use hephy_core::{Backend, BuildContext, BuildTarget, Events, Platform};
+use hephy_core::{Backend, BuildContext, BuildTarget, Events, Platform, PublishRequest, Publisher};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -87,7 +88,10 @@ label = { team = "web" }
     // A misspelt kaniko key is an error naming it, not silently ignored.
     let dir = repo(&[
         ("Dockerfile", "FROM scratch\n"),
-        ("hephy.toml", "[build.dockerfile.kaniko]\nbuild-argz = [\"A=1\"]\n"),
+        (
+            "hephy.toml",
+            "[build.dockerfile.kaniko]\nbuild-argz = [\"A=1\"]\n",
+        ),
     ])?;
     let err = DockerfileBackend::new()
         .settings(&ctx(dir.path())?)
@@ -100,15 +104,22 @@ label = { team = "web" }
 #[tokio::test]
 async fn detects_dockerfile_and_containerfile() -> TestResult {
     let b = DockerfileBackend::new();
-    let d = b.detect(&ctx(repo(&[("Containerfile", "FROM scratch\n")])?.path())?).await;
+    let d = b
+        .detect(&ctx(repo(&[("Containerfile", "FROM scratch\n")])?.path())?)
+        .await;
     assert!(d.detected(), "{d}");
     assert_eq!(d.reason, "found Containerfile");
-    let d = b.detect(&ctx(repo(&[("go.mod", "module x\n")])?.path())?).await;
+    let d = b
+        .detect(&ctx(repo(&[("go.mod", "module x\n")])?.path())?)
+        .await;
     assert!(!d.detected(), "{d}");
     let d = DockerfileBackend::kaniko_alias()
         .detect(&ctx(repo(&[("Dockerfile", "FROM scratch\n")])?.path())?)
         .await;
-    assert!(!d.detected(), "the kaniko alias must not compete in auto detection: {d}");
+    assert!(
+        !d.detected(),
+        "the kaniko alias must not compete in auto detection: {d}"
+    );
     Ok(())
 }
 
@@ -183,7 +194,9 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
     };
     std::fs::write(
         with_binfmt.path().join(format!("qemu-{q}")),
-        format!("enabled\ninterpreter /usr/bin/qemu-{q}-static\nflags: F\noffset 0\nmagic 7f454c46\n"),
+        format!(
+            "enabled\ninterpreter /usr/bin/qemu-{q}-static\nflags: F\noffset 0\nmagic 7f454c46\n"
+        ),
     )?;
     DockerfileBackend::new()
         .with_binfmt_dir(with_binfmt.path())
@@ -203,7 +216,10 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
 #[tokio::test]
 async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
     let dir = repo(&[
-        ("Dockerfile", "FROM scratch AS build\nFROM scratch AS runtime\n"),
+        (
+            "Dockerfile",
+            "FROM scratch AS build\nFROM scratch AS runtime\n",
+        ),
         ("hephy.toml", "[build.dockerfile]\ntarget = \"prod\"\n"),
     ])?;
     let err = DockerfileBackend::new()
@@ -234,7 +250,10 @@ fn busybox() -> Result<PathBuf, Box<dyn std::error::Error>> {
             return Ok(PathBuf::from(p));
         }
     }
-    Err("busybox not found: apt-get install busybox-static (scripts/install-deps.sh installs it)".into())
+    Err(
+        "busybox not found: apt-get install busybox-static (scripts/install-deps.sh installs it)"
+            .into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,22 +281,34 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
         .await?;
     assert_eq!(image.platform, Some(Platform::host()));
     let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
-    assert!(log.contains("STEP"), "buildah's steps should be streamed to events:\n{log}");
+    assert!(
+        log.contains("STEP"),
+        "buildah's steps should be streamed to events:\n{log}"
+    );
 
-    // Push the layout to a real registry and read it back.
+    // Publish to a real registry with the registry publisher and read it back with skopeo.
     let registry = TestRegistry::start()?;
+    let publisher = RegistryPublisher::builder(registry.host())
+        .prefix("team")
+        .options(RegistryOptions::new().insecure(registry.host()))
+        .build()?;
+    let published = publisher
+        .publish(
+            &PublishRequest::new("dockerfile-app".parse()?, "v1", vec![image.clone()]),
+            &Events::discard(),
+        )
+        .await?;
+    assert_eq!(published.digest, image.manifest);
     let dest = format!("{}/team/dockerfile-app:v1", registry.host());
-    let status = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}@{}", out.path().display(), image.manifest))
-        .arg(format!("docker://{dest}"))
-        .status()?;
-    assert!(status.success(), "skopeo copy to the registry failed");
     let inspect = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--config"])
         .arg(format!("docker://{dest}"))
         .output()?;
-    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     let config: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
     assert_eq!(config["architecture"], Platform::host().architecture());
     assert_eq!(
@@ -294,14 +325,21 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
         .arg(format!("docker://{dest}"))
         .output()?;
     let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout)?;
-    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
 
     // The RUN step really ran: its file is in the last layer.
     let unpacked = tempfile::tempdir()?;
     let bundle = unpacked.path().join("bundle");
     let ok = Command::new("umoci")
         .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:{}", out.path().display(), Platform::host().slug()))
+        .arg(format!(
+            "{}:{}",
+            out.path().display(),
+            Platform::host().slug()
+        ))
         .arg(&bundle)
         .status()?
         .success();
@@ -310,5 +348,43 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
         std::fs::read_to_string(bundle.join("rootfs/greeting"))?,
         "built by buildah\n"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_a_foreign_platform_without_run_steps() -> TestResult {
+    // COPY needs no emulation, so any machine builds this for another architecture.
+    let dir = repo(&[
+        (
+            "Dockerfile",
+            "FROM scratch\nCOPY hello.txt /hello.txt\nCMD [\"/hello\"]\n",
+        ),
+        ("hello.txt", "hello\n"),
+    ])?;
+    let out = tempfile::tempdir()?;
+    let backend = DockerfileBackend::new()
+        .with_cache_dir(cache_dir())
+        .with_binfmt_dir(out.path());
+    let c = ctx(dir.path())?;
+    backend.check(&c, &[foreign()]).await?;
+    let image = backend
+        .build(
+            &c,
+            &BuildTarget::new(foreign(), out.path().join("image")),
+            &Events::discard(),
+        )
+        .await?;
+    assert_eq!(image.platform, Some(foreign()));
+    let layout = hephy_backends::layout::OciLayout::open(&image.layout)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.blob_path(&image.manifest))?)?;
+    let config_digest: hephy_core::Digest = manifest["config"]["digest"]
+        .as_str()
+        .ok_or("no config digest")?
+        .parse()?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.blob_path(&config_digest))?)?;
+    assert_eq!(config["architecture"], foreign().architecture());
+    assert_eq!(config["os"], "linux");
     Ok(())
 }

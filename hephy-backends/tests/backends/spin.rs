@@ -6,12 +6,15 @@ use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hephy_backends::layout::OciLayout;
+use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
 use hephy_backends::spin::{
     SpinBackend, DATA_MEDIA_TYPE, LOCKED_APP_DIGEST_LABEL, SPIN_APPLICATION_MEDIA_TYPE,
     WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, WASM_MEDIA_TYPE,
 };
 use hephy_backends::testing::TestRegistry;
-use hephy_core::{Backend, BuildContext, BuildTarget, Digest, Events, Platform};
+use hephy_core::{
+    Backend, BuildContext, BuildTarget, Digest, Events, Platform, PublishRequest, Publisher,
+};
 use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -107,7 +110,8 @@ fn spin_repo(with_hello: bool) -> Result<tempfile::TempDir, Box<dyn std::error::
 }
 
 fn ctx(dir: &Path) -> Result<BuildContext, Box<dyn std::error::Error>> {
-    Ok(BuildContext::open(dir)?.with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000)))
+    Ok(BuildContext::open(dir)?
+        .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000)))
 }
 
 fn read_blob(layout: &OciLayout, digest: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
@@ -121,7 +125,10 @@ fn redact(v: &str) -> String {
     let mut rest = v;
     while let Some(i) = rest.find("sha256:") {
         out.push_str(&rest[..i]);
-        let hex: String = rest[i + 7..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+        let hex: String = rest[i + 7..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect();
         out.push_str(&format!("sha256:{}…", &hex[..hex.len().min(8)]));
         rest = &rest[i + 7 + hex.len()..];
     }
@@ -137,16 +144,26 @@ async fn packages_like_spin_registry_push() -> TestResult {
     let c = ctx(dir.path())?;
     let d = backend.detect(&c).await;
     assert_eq!(d.reason, "found spin.toml (Spin app hello-spin)");
-    backend.check(&c, &[Platform::linux_amd64(), Platform::linux_arm64()]).await?;
+    backend
+        .check(&c, &[Platform::linux_amd64(), Platform::linux_arm64()])
+        .await?;
     let image = backend
-        .build(&c, &BuildTarget::new(Platform::host(), out.path()), &Events::discard())
+        .build(
+            &c,
+            &BuildTarget::new(Platform::host(), out.path()),
+            &Events::discard(),
+        )
         .await?;
     assert_eq!(image.platform, None, "a Spin app is platform-independent");
 
     let layout = OciLayout::open(out.path())?;
-    let manifest: Value = serde_json::from_slice(&read_blob(&layout, &image.manifest.to_string())?)?;
+    let manifest: Value =
+        serde_json::from_slice(&read_blob(&layout, &image.manifest.to_string())?)?;
     let layers = manifest["layers"].as_array().ok_or("no layers")?;
-    let types: Vec<&str> = layers.iter().filter_map(|l| l["mediaType"].as_str()).collect();
+    let types: Vec<&str> = layers
+        .iter()
+        .filter_map(|l| l["mediaType"].as_str())
+        .collect();
     assert_eq!(
         types,
         vec![
@@ -156,13 +173,21 @@ async fn packages_like_spin_registry_push() -> TestResult {
             SPIN_APPLICATION_MEDIA_TYPE,
         ]
     );
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
     let config: Value = serde_json::from_slice(&read_blob(
         &layout,
-        manifest["config"]["digest"].as_str().ok_or("no config digest")?,
+        manifest["config"]["digest"]
+            .as_str()
+            .ok_or("no config digest")?,
     )?)?;
     let locked_digest = layers[3]["digest"].as_str().ok_or("no digest")?;
-    assert_eq!(config["config"]["Labels"][LOCKED_APP_DIGEST_LABEL], locked_digest);
+    assert_eq!(
+        config["config"]["Labels"][LOCKED_APP_DIGEST_LABEL],
+        locked_digest
+    );
     assert_eq!(config["architecture"], "wasm");
 
     let locked: Value = serde_json::from_slice(&read_blob(&layout, locked_digest)?)?;
@@ -178,23 +203,37 @@ async fn packages_like_spin_registry_push() -> TestResult {
             }
         }
     }
-    insta::assert_snapshot!("spin_manifest", redact(&serde_json::to_string_pretty(&manifest)?));
-    insta::assert_snapshot!("spin_locked_app", redact(&serde_json::to_string_pretty(&locked)?));
+    insta::assert_snapshot!(
+        "spin_manifest",
+        redact(&serde_json::to_string_pretty(&manifest)?)
+    );
+    insta::assert_snapshot!(
+        "spin_locked_app",
+        redact(&serde_json::to_string_pretty(&locked)?)
+    );
 
-    // Pushed to a real registry, skopeo reads the same manifest back.
+    // Published to a real registry, skopeo reads the same manifest back.
     let registry = TestRegistry::start()?;
+    let publisher = RegistryPublisher::builder(registry.host())
+        .prefix("team")
+        .options(RegistryOptions::new().insecure(registry.host()))
+        .build()?;
+    publisher
+        .publish(
+            &PublishRequest::new("hello-spin".parse()?, "v1", vec![image.clone()]),
+            &Events::discard(),
+        )
+        .await?;
     let dest = format!("{}/team/hello-spin:v1", registry.host());
-    let status = Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:latest", out.path().display()))
-        .arg(format!("docker://{dest}"))
-        .status()?;
-    assert!(status.success(), "skopeo copy of the Spin artifact failed");
     let raw = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--raw"])
         .arg(format!("docker://{dest}"))
         .output()?;
-    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
     let pushed: Value = serde_json::from_slice(&raw.stdout)?;
     assert_eq!(pushed, manifest);
     Ok(())
@@ -208,14 +247,22 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
         "spin_manifest_version = 2\n[application]\nname = \"one\"\n[[trigger.http]]\nroute = \"/\"\ncomponent = { source = \"app.wasm\" }\n",
     )?;
     std::fs::write(dir.path().join("app.wasm"), tiny_wasm())?;
-    std::fs::write(dir.path().join("hephy.toml"), "[build.spin]\nformat = \"wasm\"\n")?;
+    std::fs::write(
+        dir.path().join("hephy.toml"),
+        "[build.spin]\nformat = \"wasm\"\n",
+    )?;
     let out = tempfile::tempdir()?;
     let image = SpinBackend::new()
         .without_spin()
-        .build(&ctx(dir.path())?, &BuildTarget::new(Platform::host(), out.path()), &Events::discard())
+        .build(
+            &ctx(dir.path())?,
+            &BuildTarget::new(Platform::host(), out.path()),
+            &Events::discard(),
+        )
         .await?;
     let layout = OciLayout::open(out.path())?;
-    let manifest: Value = serde_json::from_slice(&read_blob(&layout, &image.manifest.to_string())?)?;
+    let manifest: Value =
+        serde_json::from_slice(&read_blob(&layout, &image.manifest.to_string())?)?;
     assert_eq!(manifest["config"]["mediaType"], WASM_CONFIG_MEDIA_TYPE);
     assert_eq!(manifest["layers"][0]["mediaType"], WASM_MEDIA_TYPE);
     let config: Value = serde_json::from_slice(&read_blob(
@@ -224,11 +271,20 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
     )?)?;
     assert_eq!(config["os"], "wasip1");
     assert_eq!(config["layerDigests"][0], manifest["layers"][0]["digest"]);
-    assert_eq!(read_blob(&layout, manifest["layers"][0]["digest"].as_str().ok_or("no layer")?)?, tiny_wasm());
+    assert_eq!(
+        read_blob(
+            &layout,
+            manifest["layers"][0]["digest"].as_str().ok_or("no layer")?
+        )?,
+        tiny_wasm()
+    );
 
     // Two components do not fit.
     let two = spin_repo(true)?;
-    std::fs::write(two.path().join("hephy.toml"), "[build.spin]\nformat = \"wasm\"\n")?;
+    std::fs::write(
+        two.path().join("hephy.toml"),
+        "[build.spin]\nformat = \"wasm\"\n",
+    )?;
     let err = SpinBackend::new()
         .without_spin()
         .check(&ctx(two.path())?, &[Platform::host()])
@@ -255,7 +311,11 @@ async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
     let out = tempfile::tempdir()?;
     let err = SpinBackend::new()
         .without_spin()
-        .build(&ctx(dir.path())?, &BuildTarget::new(Platform::host(), out.path()), &Events::discard())
+        .build(
+            &ctx(dir.path())?,
+            &BuildTarget::new(Platform::host(), out.path()),
+            &Events::discard(),
+        )
         .await
         .err()
         .ok_or("a file that is not Wasm should be refused")?;
