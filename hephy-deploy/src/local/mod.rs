@@ -1,0 +1,774 @@
+//! The local deployer: releases run as `runc` containers on this host, behind a router that
+//! gives every app a stable address.
+//!
+//! On disk, under the data directory:
+//!
+//! ```text
+//! apps/<app>/...               the ledger: releases and state (see crate::ledger)
+//! apps/<app>/bundles/vN/       the runtime bundle (config.json) of release N
+//! apps/<app>/logs/vN.log       what release N wrote to stdout and stderr
+//! rootfs/<manifest hex>/rootfs unpacked images, shared by releases of the same image
+//! ```
+
+mod health;
+pub mod logs;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hephy_core::{
+    async_trait, format_elapsed, AppName, ConfigVarError, ConfigVars, DeployError, Deployer,
+    Events, NewRelease, Platform, Reference, Release, ReleaseVersion, Stage, Strategy,
+};
+use serde::{Deserialize, Serialize};
+
+pub use self::logs::LogStream;
+use crate::ledger::{Ledger, LedgerError};
+use crate::router::{Router, Upstream};
+use crate::runc::{runtime_spec, CgroupSupport, Runc, SpecInput};
+use crate::unpack::{self, ResolvedImage};
+
+/// The registry name of images kept in local OCI layouts, as `hephy-backends` publishes them.
+pub const LOCAL_REGISTRY: &str = "hephy.local";
+
+/// How many log lines an [`DeployError::Unhealthy`] carries.
+const LOG_TAIL: usize = 20;
+
+/// Builds a [`LocalDeployer`]; from [`LocalDeployer::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LocalDeployerBuilder {
+    data_dir: PathBuf,
+    layout_root: Option<PathBuf>,
+    runc: PathBuf,
+    runc_root: Option<PathBuf>,
+    bind: IpAddr,
+    drain_timeout: Duration,
+    stop_timeout: Duration,
+    platform: Platform,
+}
+
+impl LocalDeployerBuilder {
+    /// Where `hephy.local/<app>` image references are found: the OCI layout at
+    /// `<root>/hephy.local/<repository>` (default: `<data dir>/layouts`).
+    pub fn layout_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.layout_root = Some(root.into());
+        self
+    }
+
+    /// The `runc` binary (default: `runc` from `PATH`).
+    pub fn runc(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.runc = binary.into();
+        self
+    }
+
+    /// runc's state directory (`runc --root`; default: runc's own, `/run/runc`).
+    pub fn runc_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.runc_root = Some(root.into());
+        self
+    }
+
+    /// The address app routers listen on (default: 127.0.0.1).
+    pub fn bind(mut self, ip: IpAddr) -> Self {
+        self.bind = ip;
+        self
+    }
+
+    /// How long an old release may keep serving open connections after a switch (default 10s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a release has to exit after SIGTERM before it is killed (default 10s).
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The platform whose manifest is chosen from multi-platform images (default: this host's).
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    /// Opens the deployer, creating the data directory if needed. Nothing runs yet: call
+    /// [`LocalDeployer::restore`] to bring back the apps of an earlier run.
+    pub fn build(self) -> Result<LocalDeployer, DeployError> {
+        let ledger = Ledger::open(self.data_dir.join("apps"))?;
+        let mut runc = Runc::new(&self.runc);
+        if let Some(root) = &self.runc_root {
+            runc = runc.with_root(root);
+        }
+        let layout_root = self
+            .layout_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("layouts"));
+        Ok(LocalDeployer {
+            inner: Arc::new(Inner {
+                layout_root,
+                rootfs_cache: self.data_dir.join("rootfs"),
+                ledger,
+                runc,
+                cgroups: CgroupSupport::detect(),
+                slots: tokio::sync::Mutex::new(HashMap::new()),
+                opts: self,
+            }),
+        })
+    }
+}
+
+/// What runs now for an app, kept as the `live` state document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Live {
+    version: ReleaseVersion,
+    container: String,
+    port: u16,
+}
+
+/// The app's stable address, kept as the `router` state document.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RouterState {
+    port: u16,
+}
+
+struct Slot {
+    router: Router,
+    /// Held for the whole of a deploy, so the releases of one app start one at a time.
+    live: tokio::sync::Mutex<Option<Live>>,
+}
+
+struct Inner {
+    opts: LocalDeployerBuilder,
+    layout_root: PathBuf,
+    rootfs_cache: PathBuf,
+    ledger: Ledger,
+    runc: Runc,
+    cgroups: CgroupSupport,
+    slots: tokio::sync::Mutex<HashMap<AppName, Arc<Slot>>>,
+}
+
+/// What [`LocalDeployer::restore`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Apps whose running container from an earlier run was taken over as it was.
+    pub reused: Vec<AppName>,
+    /// Apps whose current release was started again.
+    pub restarted: Vec<AppName>,
+    /// Apps without a release: only their router listens.
+    pub idle: Vec<AppName>,
+    /// Apps that could not be brought back, with why.
+    pub failed: Vec<(AppName, DeployError)>,
+}
+
+/// Runs every app's releases as `runc` containers on this host.
+///
+/// Each app gets a stable address ([`LocalDeployer::url`]) served by a TCP router. A deploy
+/// unpacks the image, starts the new release beside the old one on a free port (given as
+/// `PORT`), waits until it is healthy, switches the router to it, drains the old release and
+/// stops it. A release that does not become healthy is stopped and not recorded, and the old
+/// one keeps serving.
+///
+/// Dropping the deployer stops the routers but leaves the containers running, as a crash
+/// would; [`LocalDeployer::restore`] in the next run takes them over. [`LocalDeployer::shutdown`]
+/// stops everything.
+///
+/// ```no_run
+/// # async fn demo(image: hephy_core::Reference) -> Result<(), Box<dyn std::error::Error>> {
+/// use hephy_core::{Deployer, DeployConfig, Events, NewRelease, ReleaseCause};
+/// use hephy_deploy::local::LocalDeployer;
+///
+/// let deployer = LocalDeployer::builder("/var/lib/hephy").layout_root("/var/lib/hephy/images").build()?;
+/// deployer.restore(&Events::discard()).await?;
+/// let app = "hello".parse()?;
+/// deployer.create_app(&app).await?;
+/// let cause = ReleaseCause::Image { reference: image.to_string() };
+/// let release = deployer
+///     .deploy(NewRelease::new(app.clone(), image, DeployConfig::default(), cause), &Events::discard())
+///     .await?;
+/// println!("{} of {app} serves {}", release.version, deployer.url(&app).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LocalDeployer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalDeployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalDeployer")
+            .field("data_dir", &self.inner.opts.data_dir)
+            .field("layout_root", &self.inner.layout_root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn other(message: impl Into<String>, source: impl Into<hephy_core::BoxError>) -> DeployError {
+    DeployError::other(message, source)
+}
+
+fn plain(message: impl Into<String>) -> DeployError {
+    DeployError::Other {
+        message: message.into(),
+        source: None,
+    }
+}
+
+/// Container ids are `hephy-<app>-v<N>`.
+fn container_id(app: &AppName, version: ReleaseVersion) -> String {
+    format!("hephy-{app}-{version}")
+}
+
+/// Whether `id` is a container of `app` (and not of an app whose name merely starts alike).
+fn is_container_of(id: &str, app: &AppName) -> bool {
+    id.strip_prefix(&format!("hephy-{app}-v"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn free_port(ip: IpAddr) -> Result<u16, DeployError> {
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .map_err(|e| other(format!("cannot find a free port on {ip}"), e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| other(format!("cannot find a free port on {ip}"), e))
+}
+
+fn validate(release: &NewRelease) -> Result<(), DeployError> {
+    if let Some(config) = &release.config {
+        for (k, v) in config.iter() {
+            ConfigVars::validate_name(k)?;
+            if v.contains('\0') {
+                return Err(ConfigVarError::Value { name: k.to_owned() }.into());
+            }
+        }
+    }
+    if let Some(p) = &release.deploy.health.path {
+        if !p.starts_with('/') {
+            return Err(plain(format!(
+                "[deploy.health] path {p:?} must start with '/', like \"/healthz\""
+            )));
+        }
+    }
+    if release.image.digest().is_none() {
+        return Err(plain(format!(
+            "image {} is not pinned to a digest: deploy the reference a publisher returned, which ends in @sha256:...",
+            release.image
+        )));
+    }
+    Ok(())
+}
+
+impl LocalDeployer {
+    /// A builder for a deployer keeping its state in `data_dir`.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> LocalDeployerBuilder {
+        LocalDeployerBuilder {
+            data_dir: data_dir.into(),
+            layout_root: None,
+            runc: PathBuf::from("runc"),
+            runc_root: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            drain_timeout: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(10),
+            platform: Platform::host(),
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.opts.data_dir
+    }
+
+    /// The release ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// Creates `app` and starts its router on a newly chosen port that stays its address.
+    pub async fn create_app(&self, app: &AppName) -> Result<(), DeployError> {
+        let port = free_port(self.inner.opts.bind)?;
+        self.inner.ledger.create_app(app).map_err(|e| match e {
+            LedgerError::AppExists { .. } => plain(e.to_string()),
+            e => e.into(),
+        })?;
+        self.inner.ledger.write(app, "router", &RouterState { port })?;
+        self.slot(app).await?;
+        Ok(())
+    }
+
+    /// The created apps, in name order.
+    pub async fn apps(&self) -> Result<Vec<AppName>, DeployError> {
+        Ok(self.inner.ledger.apps()?)
+    }
+
+    /// The app's stable address, like `http://127.0.0.1:40123`.
+    pub async fn url(&self, app: &AppName) -> Result<String, DeployError> {
+        let addr = self.addr(app)?;
+        let ip = if addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.ip()
+        };
+        Ok(format!("http://{}", SocketAddr::new(ip, addr.port())))
+    }
+
+    /// The socket address the app's router listens on.
+    pub fn addr(&self, app: &AppName) -> Result<SocketAddr, DeployError> {
+        let state: RouterState = self
+            .inner
+            .ledger
+            .read(app, "router")?
+            .ok_or_else(|| plain(format!("app {app} has no router port recorded: destroy and create it again")))?;
+        Ok(SocketAddr::new(self.inner.opts.bind, state.port))
+    }
+
+    /// Stops the app's releases and router and removes it with its history and logs.
+    pub async fn destroy_app(&self, app: &AppName, events: &Events) -> Result<(), DeployError> {
+        if !self.inner.ledger.has_app(app) {
+            return Err(DeployError::UnknownApp { app: app.clone() });
+        }
+        let events = events.with_stage(Stage::Deploy);
+        let slot = self.inner.slots.lock().await.remove(app);
+        if let Some(slot) = slot {
+            let mut live = slot.live.lock().await;
+            slot.router.switch(None);
+            if let Some(l) = live.take() {
+                events.log(format!("stopping {} of {app}", l.version));
+                self.stop_container(&l.container).await?;
+            }
+        }
+        self.remove_strays(app, None).await?;
+        self.inner.ledger.remove_app(app)?;
+        events.log(format!("destroyed {app}"));
+        Ok(())
+    }
+
+    /// The app's log: what every release wrote, oldest first; with `follow`, the stream keeps
+    /// waiting for new lines (of newer releases too) until it is dropped.
+    pub async fn logs(&self, app: &AppName, follow: bool) -> Result<LogStream, DeployError> {
+        if !self.inner.ledger.has_app(app) {
+            return Err(DeployError::UnknownApp { app: app.clone() });
+        }
+        Ok(logs::stream(
+            AppLogs {
+                dir: self.inner.ledger.app_dir(app).join("logs"),
+            },
+            follow,
+        ))
+    }
+
+    /// Brings back every app after a restart: starts its router on its recorded port, takes
+    /// over its current release's container if it still runs, or starts the release again.
+    /// Containers of other releases left behind by a crash are removed.
+    pub async fn restore(&self, events: &Events) -> Result<RestoreReport, DeployError> {
+        let events = events.with_stage(Stage::Deploy);
+        let mut report = RestoreReport::default();
+        for app in self.inner.ledger.apps()? {
+            match self.restore_app(&app, &events).await {
+                Ok(Restored::Reused) => report.reused.push(app),
+                Ok(Restored::Restarted) => report.restarted.push(app),
+                Ok(Restored::Idle) => report.idle.push(app),
+                Err(e) => {
+                    events.warn(format!("cannot bring back {app}: {e}"));
+                    report.failed.push((app, e));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Stops every app's router and release. The ledger keeps everything, so a later
+    /// [`LocalDeployer::restore`] starts them again.
+    pub async fn shutdown(&self) -> Result<(), DeployError> {
+        let slots: Vec<(AppName, Arc<Slot>)> = self.inner.slots.lock().await.drain().collect();
+        let mut first_err = None;
+        for (_, slot) in slots {
+            let mut live = slot.live.lock().await;
+            slot.router.switch(None);
+            if let Some(l) = live.take() {
+                if let Err(e) = self.stop_container(&l.container).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn restore_app(&self, app: &AppName, events: &Events) -> Result<Restored, DeployError> {
+        let slot = self.slot(app).await?;
+        let mut live = slot.live.lock().await;
+        let Some(current) = self.inner.ledger.current(app)? else {
+            self.remove_strays(app, None).await?;
+            return Ok(Restored::Idle);
+        };
+        let keep = live
+            .as_ref()
+            .filter(|l| l.version == current.version)
+            .map(|l| l.container.clone());
+        self.remove_strays(app, keep.as_deref()).await?;
+        if keep.is_some() {
+            events.log(format!("{app}: {} is still running; took it over", current.version));
+            return Ok(Restored::Reused);
+        }
+        events.log(format!("{app}: starting {} again", current.version));
+        let (image, rootfs) = self.prepare_image(&current.image, events).await?;
+        let ready = Instant::now();
+        let new = self.launch(&current, &image, &rootfs, events).await?;
+        self.go_live(app, &slot, &mut live, new, ready, events).await?;
+        Ok(Restored::Restarted)
+    }
+
+    /// The app's router, started (on its recorded port) on first use; a container recorded as
+    /// live that still runs is put behind it.
+    async fn slot(&self, app: &AppName) -> Result<Arc<Slot>, DeployError> {
+        let mut slots = self.inner.slots.lock().await;
+        if let Some(s) = slots.get(app) {
+            return Ok(s.clone());
+        }
+        if !self.inner.ledger.has_app(app) {
+            return Err(DeployError::UnknownApp { app: app.clone() });
+        }
+        let addr = self.addr(app)?;
+        let router = Router::bind(addr).await.map_err(|e| {
+            other(
+                format!("cannot listen on {addr} for app {app}: another process holds the port; stop it, or destroy and create the app again to get a new port"),
+                e,
+            )
+        })?;
+        let mut live: Option<Live> = self.inner.ledger.read(app, "live")?;
+        if let Some(l) = &live {
+            let running = self
+                .inner
+                .runc
+                .state(&l.container)
+                .await
+                .map_err(|e| other("cannot ask runc about a container", e))?
+                .is_some_and(|s| s.is_running());
+            if running {
+                router.switch(Some(Upstream::new(SocketAddr::new(
+                    Ipv4Addr::LOCALHOST.into(),
+                    l.port,
+                ))));
+            } else {
+                live = None;
+            }
+        }
+        let slot = Arc::new(Slot {
+            router,
+            live: tokio::sync::Mutex::new(live),
+        });
+        slots.insert(app.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Removes every container of `app` except `keep`.
+    async fn remove_strays(&self, app: &AppName, keep: Option<&str>) -> Result<(), DeployError> {
+        let list = self
+            .inner
+            .runc
+            .list()
+            .await
+            .map_err(|e| other("cannot list containers with runc", e))?;
+        for c in list {
+            if is_container_of(&c.id, app) && Some(c.id.as_str()) != keep {
+                self.stop_container(&c.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str) -> Result<(), DeployError> {
+        self.inner
+            .runc
+            .stop(id, self.inner.opts.stop_timeout)
+            .await
+            .map_err(|e| other(format!("cannot stop container {id}"), e))
+    }
+
+    /// Finds the image (in a local layout, or pulled from its registry) and unpacks it.
+    async fn prepare_image(
+        &self,
+        reference: &Reference,
+        events: &Events,
+    ) -> Result<(ResolvedImage, PathBuf), DeployError> {
+        let digest = reference
+            .digest()
+            .cloned()
+            .ok_or_else(|| plain(format!("image {reference} is not pinned to a digest: deploy the reference a publisher returned, which ends in @sha256:...")))?;
+        let layout = if reference.registry() == LOCAL_REGISTRY {
+            self.inner
+                .layout_root
+                .join(LOCAL_REGISTRY)
+                .join(reference.repository())
+        } else {
+            return Err(plain(format!(
+                "cannot pull {reference}: this deployer only runs images from local OCI layouts ({LOCAL_REGISTRY}/...) so far; publish the app with the local publisher"
+            )));
+        };
+        let platform = self.inner.opts.platform.clone();
+        let cache = self.inner.rootfs_cache.clone();
+        let ev = events.clone();
+        let reference = reference.clone();
+        tokio::task::spawn_blocking(move || {
+            let image = unpack::resolve(&layout, &digest, &platform)
+                .map_err(|e| other(format!("cannot read image {reference}"), e))?;
+            if unpack::is_unpacked(&image, &cache) {
+                ev.log(format!(
+                    "image {} already unpacked",
+                    image.manifest_digest.short()
+                ));
+            } else {
+                ev.log(format!(
+                    "unpacking {} layer(s) of {} for {platform}",
+                    image.layers.len(),
+                    image.manifest_digest.short()
+                ));
+            }
+            let started = Instant::now();
+            let rootfs = unpack::unpack_rootfs(&image, &cache)
+                .map_err(|e| other(format!("cannot unpack image {reference}"), e))?;
+            if started.elapsed() > Duration::from_millis(50) {
+                ev.log(format!("unpacked in {}", format_elapsed(started.elapsed())));
+            }
+            Ok((image, rootfs))
+        })
+        .await
+        .map_err(|e| other("unpacking the image stopped", e))?
+    }
+
+    /// Starts `release` in a new container and waits until it is healthy. On failure the
+    /// container is removed and the error carries the tail of its log.
+    async fn launch(
+        &self,
+        release: &Release,
+        image: &ResolvedImage,
+        rootfs: &Path,
+        events: &Events,
+    ) -> Result<Live, DeployError> {
+        let app = &release.app;
+        let id = container_id(app, release.version);
+        let app_dir = self.inner.ledger.app_dir(app);
+        let bundle = app_dir.join("bundles").join(release.version.to_string());
+        let log_dir = app_dir.join("logs");
+        let log = log_dir.join(format!("{}.log", release.version));
+        for d in [&bundle, &log_dir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| other(format!("cannot create {}", d.display()), e))?;
+        }
+        let port = free_port(Ipv4Addr::LOCALHOST.into())?;
+        let spec = runtime_spec(
+            &image.config,
+            &SpecInput {
+                rootfs,
+                hostname: app.as_str(),
+                config: &release.config,
+                port,
+                extra_env: vec![
+                    ("HEPHY_APP".into(), app.to_string()),
+                    ("HEPHY_RELEASE".into(), release.version.to_string()),
+                ],
+                resources: &release.deploy.resources,
+                cgroups: self.inner.cgroups,
+            },
+        )
+        .map_err(|e| other(format!("cannot run image {}", release.image), e))?;
+        for w in &spec.warnings {
+            events.warn(w);
+        }
+        let config_json = serde_json::to_vec_pretty(&spec.spec)
+            .map_err(|e| other("cannot write the runtime spec", e))?;
+        crate::ledger::write_atomic(&bundle.join("config.json"), &config_json)
+            .map_err(|e| other(format!("cannot write {}", bundle.display()), e))?;
+
+        // A container of this number may be left from an attempt that failed or crashed.
+        self.stop_container(&id).await?;
+        events.log(format!("starting {} as container {id} on port {port}", release.version));
+        self.inner
+            .runc
+            .run_detached(&id, &bundle, &log)
+            .await
+            .map_err(|e| DeployError::Unhealthy {
+                app: app.clone(),
+                version: release.version,
+                reason: e.to_string(),
+                log_tail: logs::tail(&log, LOG_TAIL),
+            })?;
+
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        if let Err(reason) = self.wait_healthy(release, &id, addr, events).await {
+            events.warn(format!("{} is not healthy: {reason}", release.version));
+            let _ = self.stop_container(&id).await;
+            return Err(DeployError::Unhealthy {
+                app: app.clone(),
+                version: release.version,
+                reason,
+                log_tail: logs::tail(&log, LOG_TAIL),
+            });
+        }
+        Ok(Live {
+            version: release.version,
+            container: id,
+            port,
+        })
+    }
+
+    /// Probes until healthy, the container exits, or the health timeout passes. Probes start
+    /// 20ms apart and back off to the configured interval, so a fast app switches fast.
+    async fn wait_healthy(
+        &self,
+        release: &Release,
+        id: &str,
+        addr: SocketAddr,
+        events: &Events,
+    ) -> Result<(), String> {
+        let health = &release.deploy.health;
+        let path = health.path.as_deref();
+        let started = Instant::now();
+        let deadline = started + health.timeout;
+        let mut wait = Duration::from_millis(20);
+        let mut last = String::new();
+        let mut probes = 0u32;
+        loop {
+            probes += 1;
+            let probe_timeout = health.interval.max(Duration::from_secs(1));
+            match health::probe(addr, path, probe_timeout).await {
+                Ok(what) => {
+                    events.log(format!(
+                        "health check passed: {what} after {} ({probes} probe(s))",
+                        format_elapsed(started.elapsed())
+                    ));
+                    return Ok(());
+                }
+                Err(reason) => {
+                    if reason != last {
+                        events.log(format!("health probe {probes}: {reason}"));
+                        last = reason;
+                    }
+                }
+            }
+            match self.inner.runc.state(id).await {
+                Ok(Some(s)) if s.is_running() => {}
+                Ok(_) => return Err(format!("it exited before it became healthy ({last})")),
+                Err(e) => return Err(format!("cannot check its container: {e}")),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "no healthy answer within {} ({last})",
+                    format_elapsed(health.timeout)
+                ));
+            }
+            tokio::time::sleep(wait.min(deadline - now)).await;
+            wait = (wait * 2).min(health.interval.max(Duration::from_millis(20)));
+        }
+    }
+
+    /// Records `new` as live, switches traffic to it, then drains and stops the previous one.
+    async fn go_live(
+        &self,
+        app: &AppName,
+        slot: &Slot,
+        live: &mut Option<Live>,
+        new: Live,
+        ready: Instant,
+        events: &Events,
+    ) -> Result<(), DeployError> {
+        self.inner.ledger.write(app, "live", &new)?;
+        let upstream = Upstream::new(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), new.port));
+        let old_upstream = slot.router.switch(Some(upstream));
+        let took = ready.elapsed();
+        events.log(format!(
+            "switched traffic to {} in {} ms (image ready to traffic switched)",
+            new.version,
+            took.as_millis()
+        ));
+        tracing::info!(app = %app, version = %new.version, ms = took.as_millis() as u64, "traffic switched");
+        let old = live.replace(new);
+        if let Some(old) = old {
+            if let Some(up) = old_upstream {
+                if !up.drain(self.inner.opts.drain_timeout).await {
+                    events.warn(format!(
+                        "{} still had {} open connection(s) after {}; closing them",
+                        old.version,
+                        up.active(),
+                        format_elapsed(self.inner.opts.drain_timeout)
+                    ));
+                }
+            }
+            events.log(format!("stopping {}", old.version));
+            self.stop_container(&old.container).await?;
+        }
+        Ok(())
+    }
+}
+
+enum Restored {
+    Reused,
+    Restarted,
+    Idle,
+}
+
+struct AppLogs {
+    dir: PathBuf,
+}
+
+impl logs::LogSource for AppLogs {
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<(ReleaseVersion, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let v = name.to_str()?.strip_suffix(".log")?.parse().ok()?;
+                Some((v, e.path()))
+            })
+            .collect();
+        files.sort();
+        files.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+#[async_trait]
+impl Deployer for LocalDeployer {
+    async fn deploy(&self, release: NewRelease, events: &Events) -> Result<Release, DeployError> {
+        let events = events.with_stage(Stage::Deploy);
+        let app = release.app.clone();
+        if !self.inner.ledger.has_app(&app) {
+            return Err(DeployError::UnknownApp { app });
+        }
+        validate(&release)?;
+        let slot = self.slot(&app).await?;
+        let mut live = slot.live.lock().await;
+        events.log(format!("preparing image {}", release.image));
+        let (image, rootfs) = self.prepare_image(&release.image, &events).await?;
+        let ready = Instant::now();
+        let current = self.inner.ledger.current(&app)?;
+        let version = self.inner.ledger.next_version(&app)?;
+        let release = release.into_release(version, SystemTime::now(), current.as_ref());
+        if release.deploy.strategy == Strategy::Recreate {
+            if let Some(old) = live.take() {
+                events.log(format!("stopping {} first (strategy recreate)", old.version));
+                slot.router.switch(None);
+                self.stop_container(&old.container).await?;
+                self.inner.ledger.remove(&app, "live")?;
+            }
+        }
+        let new = self.launch(&release, &image, &rootfs, &events).await?;
+        if let Err(e) = self.inner.ledger.record(&release) {
+            let _ = self.stop_container(&new.container).await;
+            return Err(e.into());
+        }
+        self.go_live(&app, &slot, &mut live, new, ready, &events)
+            .await?;
+        events.log(format!("{} of {app} is live at {}", release.version, self.url(&app).await?));
+        Ok(release)
+    }
+
+    async fn releases(&self, app: &AppName) -> Result<Vec<Release>, DeployError> {
+        Ok(self.inner.ledger.releases(app)?)
+    }
+}

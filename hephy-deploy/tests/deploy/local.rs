@@ -1,0 +1,315 @@
+//! The local deployer with real runc containers of the Go hello app.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hephy_core::{
+    ConfigChange, DeployConfig, DeployError, Deployer, Events, ReleaseCause, ReleaseVersion,
+};
+use hephy_deploy::local::LocalDeployer;
+
+use crate::support::*;
+
+fn deployer(data: &Path) -> Result<LocalDeployer> {
+    Ok(LocalDeployer::builder(data)
+        .layout_root(&fixture()?.root)
+        .drain_timeout(Duration::from_secs(5))
+        .stop_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+fn v(n: u32) -> ReleaseVersion {
+    ReleaseVersion::new(n).unwrap_or(ReleaseVersion::FIRST)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_serves_through_the_router() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("serve");
+    let _guard = Containers(app.clone());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+
+    let mut deploy = DeployConfig::default();
+    deploy.health.path = Some("/healthz".into());
+    let (events, mut stream) = Events::channel();
+    let r = d.deploy(release_with(&app, &f.one, deploy), &events).await?;
+    drop(events);
+    assert_eq!(r.version, v(1));
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+    // The image's user `app` is resolved from its /etc/passwd.
+    assert_eq!(body(addr, "/whoami").await?, "uid=65532 gid=65532\n");
+    // Read-only root, writable /tmp.
+    assert_eq!(body(addr, "/write").await?, "root=false tmp=true\n");
+    assert_eq!(d.url(&app).await?, format!("http://{addr}"));
+    assert_eq!(d.releases(&app).await?.len(), 1);
+    assert_eq!(d.apps().await?, vec![app.clone()]);
+
+    let mut lines = vec![];
+    while let Some(e) = stream.recv().await {
+        lines.push(e.render());
+    }
+    let all = lines.join("\n");
+    assert!(all.contains("health check passed: GET /healthz answered 200"), "{all}");
+    assert!(all.contains("switched traffic to v1 in"), "{all}");
+
+    let mut logs = d.logs(&app, false).await?;
+    let first = logs.next_line().await.ok_or("the log is empty")?;
+    assert!(first.starts_with("one listening on :"), "{first}");
+
+    d.destroy_app(&app, &Events::discard()).await?;
+    assert!(containers_of(&app)?.is_empty(), "destroy leaves no container");
+    assert!(d.apps().await?.is_empty());
+    assert!(get(addr, "/").await.is_err(), "the router is gone");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_release_switches_without_failed_requests() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("switch");
+    let _guard = Containers(app.clone());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+    d.deploy(release(&app, &f.one), &Events::discard()).await?;
+    let mut follow = d.logs(&app, true).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut errors = vec![];
+            while !stop.load(Ordering::SeqCst) {
+                match body(addr, "/").await {
+                    Ok(b) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        seen.insert(b);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            (seen, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = d.deploy(release(&app, &f.two), &Events::discard()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (seen, errors) = client.await?;
+
+    assert_eq!(r.version, v(2));
+    assert!(errors.is_empty(), "{} failed requests: {errors:?}", errors.len());
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    assert!(ok.load(Ordering::SeqCst) > 10, "the client loop ran");
+    let expected: std::collections::BTreeSet<String> =
+        ["hello world from one\n", "hello world from two\n"].map(String::from).into();
+    assert_eq!(seen, expected);
+    assert_eq!(body(addr, "/").await?, "hello world from two\n");
+    assert_eq!(containers_of(&app)?, vec![format!("hephy-{app}-v2")], "the old release is stopped");
+
+    // The followed log moves on to the new release.
+    let mut lines = vec![];
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), follow.next_line()).await {
+        let done = line.starts_with("two listening");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(lines.iter().any(|l| l.starts_with("one listening")), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "stopping on SIGTERM"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("two listening")), "{lines:?}");
+
+    d.shutdown().await?;
+    assert!(containers_of(&app)?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_release_leaves_the_old_one_serving() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("unhealthy");
+    let _guard = Containers(app.clone());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+    d.deploy(release(&app, &f.one), &Events::discard()).await?;
+
+    // A release that exits at once.
+    let err = d
+        .deploy(release(&app, &f.bad), &Events::discard())
+        .await
+        .err()
+        .ok_or("the failing release deployed")?;
+    let DeployError::Unhealthy { version, log_tail, .. } = &err else {
+        return Err(format!("expected Unhealthy, got {err}").into());
+    };
+    assert_eq!(*version, v(2));
+    assert!(log_tail.iter().any(|l| l == "failing on purpose: on-purpose"), "{log_tail:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("the previous release keeps serving"), "{msg}");
+    assert!(msg.contains("failing on purpose"), "{msg}");
+
+    // A release whose HTTP health check answers 500 until the timeout.
+    let mut deploy = DeployConfig::default();
+    deploy.health.path = Some("/healthz".into());
+    deploy.health.timeout = Duration::from_secs(2);
+    let err = d
+        .deploy(release_with(&app, &f.unhealthy, deploy), &Events::discard())
+        .await
+        .err()
+        .ok_or("the unhealthy release deployed")?;
+    assert!(err.to_string().contains("GET /healthz answered 500"), "{err}");
+
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+    assert_eq!(d.releases(&app).await?.len(), 1, "no failed release is recorded");
+    assert_eq!(containers_of(&app)?, vec![format!("hephy-{app}-v1")]);
+    d.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_and_rollback_make_releases() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("config");
+    let _guard = Containers(app.clone());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+    let ev = Events::discard();
+    d.deploy(release(&app, &f.one), &ev).await?;
+
+    let r = d
+        .set_config(&app, &ConfigChange::parse_assignments(["GREETING=there"])?, &ev)
+        .await?;
+    assert_eq!(r.version, v(2));
+    assert!(matches!(r.cause, ReleaseCause::Config { .. }));
+    assert_eq!(body(addr, "/").await?, "hello there from one\n");
+
+    // A new image keeps the config.
+    d.deploy(release(&app, &f.two), &ev).await?;
+    assert_eq!(body(addr, "/").await?, "hello there from two\n");
+
+    // Rollback to v1: its image and its (empty) config.
+    let r = d.rollback(&app, v(1), &ev).await?;
+    assert_eq!(r.version, v(4));
+    assert_eq!(r.cause, ReleaseCause::Rollback { to: v(1) });
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+
+    let r = d.set_config(&app, &ConfigChange::unset(["GREETING"]), &ev).await;
+    assert!(r.is_err(), "unsetting a var that is not set fails");
+    let versions: Vec<String> = d
+        .releases(&app)
+        .await?
+        .iter()
+        .map(|r| r.version.to_string())
+        .collect();
+    assert_eq!(versions, ["v1", "v2", "v3", "v4"]);
+    d.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_deployer_brings_the_apps_back() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("restore");
+    let _guard = Containers(app.clone());
+    let addr;
+    {
+        let d = deployer(data.path())?;
+        d.create_app(&app).await?;
+        addr = d.addr(&app)?;
+        d.deploy(release(&app, &f.one), &Events::discard()).await?;
+        d.set_config(&app, &ConfigChange::parse_assignments(["GREETING=again"])?, &Events::discard())
+            .await?;
+        // Dropped without shutdown, as a crash would: the router goes, the container stays.
+    }
+    assert!(get(addr, "/").await.is_err(), "nothing listens while the deployer is down");
+
+    let d = deployer(data.path())?;
+    let report = d.restore(&Events::discard()).await?;
+    assert_eq!(report.reused, vec![app.clone()], "{report:?}");
+    assert_eq!(body(addr, "/").await?, "hello again from one\n");
+    drop(d);
+
+    // The container died too (a reboot): the release is started again.
+    let id = format!("hephy-{app}-v2");
+    let out = std::process::Command::new("runc").args(["delete", "-f", &id]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = deployer(data.path())?;
+    let report = d.restore(&Events::discard()).await?;
+    assert_eq!(report.restarted, vec![app.clone()], "{report:?}");
+    assert_eq!(body(addr, "/").await?, "hello again from one\n");
+    assert_eq!(d.releases(&app).await?.len(), 2, "restoring makes no release");
+    d.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let d = deployer(data.path())?;
+    let ev = Events::discard();
+    let ghost = unique_app("ghost");
+
+    let err = d.deploy(release(&ghost, &f.one), &ev).await.err().ok_or("deployed to an unknown app")?;
+    assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
+    assert!(err.to_string().contains("create it first"), "{err}");
+    let err = d.releases(&ghost).await.err().ok_or("releases of an unknown app")?;
+    assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
+    assert!(d.url(&ghost).await.is_err());
+    assert!(d.logs(&ghost, false).await.is_err());
+
+    let app = unique_app("errors");
+    let _guard = Containers(app.clone());
+    d.create_app(&app).await?;
+    let err = d.create_app(&app).await.err().ok_or("created an app twice")?;
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    let err = d
+        .set_config(&app, &ConfigChange::parse_assignments(["A=1"])?, &ev)
+        .await
+        .err()
+        .ok_or("configured an app without release")?;
+    assert!(matches!(err, DeployError::NoRelease { .. }), "{err}");
+
+    let mut bad_vars = hephy_core::ConfigVars::default();
+    bad_vars.set("GOOD", "1")?;
+    let raw: hephy_core::ConfigVars = serde_json::from_str(r#"{"1BAD": "x"}"#)?;
+    let err = d
+        .deploy(release(&app, &f.one).with_config(raw), &ev)
+        .await
+        .err()
+        .ok_or("deployed a bad config var name")?;
+    assert!(err.to_string().contains("invalid config var name \"1BAD\""), "{err}");
+
+    let unpinned = "hephy.local/hello-fixture:one".parse()?;
+    let err = d.deploy(release(&app, &unpinned), &ev).await.err().ok_or("deployed an unpinned image")?;
+    assert!(err.to_string().contains("not pinned to a digest"), "{err}");
+
+    let missing = "hephy.local/nothing-here@sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".parse()?;
+    let err = d.deploy(release(&app, &missing), &ev).await.err().ok_or("deployed a missing image")?;
+    assert!(format!("{err}: {:?}", std::error::Error::source(&err)).contains("no OCI image layout"), "{err:?}");
+
+    d.deploy(release(&app, &f.one).with_config(bad_vars), &ev).await?;
+    let err = d.rollback(&app, v(9), &ev).await.err().ok_or("rolled back to v9")?;
+    assert!(err.to_string().contains("has no release v9"), "{err}");
+    assert_eq!(d.releases(&app).await?.len(), 1);
+    d.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Integration tests of hephy-deploy.
+
+mod ledger;
+mod local;
+mod support;
+mod unpack;

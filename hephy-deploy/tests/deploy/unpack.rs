@@ -1,0 +1,201 @@
+//! Images to root filesystems: layouts made by umoci, layers made by hand.
+
+use std::io::Write;
+use std::path::Path;
+
+use hephy_core::Platform;
+use hephy_deploy::runc::{resolve_user, runtime_spec, CgroupSupport, SpecInput};
+use hephy_deploy::unpack::{apply_layer, resolve, unpack_rootfs, UnpackError};
+
+use crate::support::*;
+
+#[test]
+fn umoci_layers_unpack_with_whiteouts() -> Result {
+    let f = fixture()?;
+    let layout = f.root.join("hephy.local").join(REPOSITORY);
+    let digest = f.layered.digest().ok_or("unpinned")?;
+    let image = resolve(&layout, digest, &Platform::host())?;
+    let cache = tempfile::tempdir()?;
+    let rootfs = unpack_rootfs(&image, cache.path())?;
+    assert!(rootfs.join("hello").is_file());
+    assert!(rootfs.join("etc/passwd").is_file());
+    assert!(!rootfs.join("etc/junk").exists(), "the whiteout removed /etc/junk");
+    assert!(rootfs.join("opt/new.txt").is_file());
+    assert!(!rootfs.join("opt/old.txt").exists(), "the opaque whiteout hid the older /opt");
+    // Cached: a second unpack returns the same directory without redoing it.
+    std::fs::write(rootfs.join("marker"), "")?;
+    assert_eq!(unpack_rootfs(&image, cache.path())?, rootfs);
+    assert!(rootfs.join("marker").exists());
+
+    let other = Platform::linux_arm64();
+    if !other.matches(&Platform::host()) {
+        // A single-platform manifest is taken as it is; an index would be searched.
+        assert!(resolve(&layout, digest, &other).is_ok());
+    }
+    Ok(())
+}
+
+fn tar_layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> std::io::Result<()>) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(vec![]);
+    build(&mut b)?;
+    Ok(b.into_inner()?)
+}
+
+fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data)
+}
+
+fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_entry_type(tar::EntryType::Symlink);
+    b.append_link(&mut h, path, target)
+}
+
+#[test]
+fn layers_cannot_write_outside_the_root() -> Result {
+    let outside = tempfile::tempdir()?;
+    let root = tempfile::tempdir()?;
+    let target = outside.path().to_str().ok_or("path")?.to_owned();
+    // Layer 1: a symlink to an absolute host path; layer 2 writes through it.
+    let l1 = tar_layer(|b| symlink(b, "escape", &target))?;
+    let l2 = tar_layer(|b| file(b, "escape/owned.txt", b"gotcha"))?;
+    apply_layer(root.path(), &l1[..], "l1")?;
+    apply_layer(root.path(), &l2[..], "l2")?;
+    assert!(!outside.path().join("owned.txt").exists(), "wrote outside the root");
+    let inside = root.path().join(target.trim_start_matches('/')).join("owned.txt");
+    assert_eq!(std::fs::read(inside)?, b"gotcha");
+
+    // A relative link climbing above the root stops at the root.
+    let l3 = tar_layer(|b| {
+        symlink(b, "up", "../../../../..")?;
+        file(b, "up/top.txt", b"top")
+    })?;
+    apply_layer(root.path(), &l3[..], "l3")?;
+    assert!(root.path().join("top.txt").is_file());
+
+    // A `..` path is refused with the entry named.
+    let mut raw = tar_layer(|b| file(b, "placeholder/x.txt", b"x"))?;
+    let name = b"../../evil.txt\0";
+    raw[..name.len()].copy_from_slice(name);
+    fix_checksum(&mut raw[..512]);
+    let err = apply_layer(root.path(), &raw[..], "l4").err().ok_or("accepted ..")?;
+    assert!(matches!(err, UnpackError::BadEntry { .. }), "{err}");
+    assert!(err.to_string().contains("../../evil.txt"), "{err}");
+    Ok(())
+}
+
+fn fix_checksum(header: &mut [u8]) {
+    header[148..156].fill(b' ');
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    header[148..156].copy_from_slice(text.as_bytes());
+}
+
+#[test]
+fn gzip_and_zstd_layers_and_whiteouts_by_hand() -> Result {
+    let root = tempfile::tempdir()?;
+    let base = tar_layer(|b| {
+        file(b, "dir/a.txt", b"a")?;
+        file(b, "dir/b.txt", b"b")?;
+        file(b, "keep.txt", b"keep")
+    })?;
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
+    gz.write_all(&base)?;
+    apply_layer(root.path(), &gz.finish()?[..], "gzip")?;
+    assert_eq!(std::fs::read(root.path().join("dir/a.txt"))?, b"a");
+
+    // Opaque dir with a new file in the same layer (before and after the marker), plus a
+    // whiteout of a single file.
+    let upper = tar_layer(|b| {
+        file(b, "dir/c.txt", b"c")?;
+        file(b, "dir/.wh..wh..opq", b"")?;
+        file(b, "dir/d.txt", b"d")?;
+        file(b, ".wh.keep.txt", b"")
+    })?;
+    let zst = zstd::encode_all(&upper[..], 3)?;
+    apply_layer(root.path(), &zst[..], "zstd")?;
+    let mut names: Vec<String> = std::fs::read_dir(root.path().join("dir"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    assert_eq!(names, ["c.txt", "d.txt"]);
+    assert!(!root.path().join("keep.txt").exists());
+    assert!(!root.path().join(".wh.keep.txt").exists());
+    Ok(())
+}
+
+#[test]
+fn runtime_spec_follows_the_image_and_release() -> Result {
+    let f = fixture()?;
+    let layout = f.root.join("hephy.local").join(REPOSITORY);
+    let image = resolve(&layout, f.one.digest().ok_or("unpinned")?, &Platform::host())?;
+    let cache = tempfile::tempdir()?;
+    let rootfs = unpack_rootfs(&image, cache.path())?;
+    assert_eq!(resolve_user(&rootfs, "app")?, (65532, 65532));
+    assert_eq!(resolve_user(&rootfs, "1000")?, (1000, 0));
+    assert_eq!(resolve_user(&rootfs, "app:0")?, (65532, 0));
+    let err = resolve_user(&rootfs, "nobody").err().ok_or("resolved an unknown user")?;
+    assert!(err.to_string().contains("not in the image's /etc/passwd"), "{err}");
+
+    let mut vars = hephy_core::ConfigVars::default();
+    vars.set("GREETING", "there")?;
+    let mut resources = hephy_core::Resources::default();
+    resources.memory = Some(256 << 20);
+    resources.cpus = Some(0.5);
+    let spec = runtime_spec(
+        &image.config,
+        &SpecInput {
+            rootfs: &rootfs,
+            hostname: "hello",
+            config: &vars,
+            port: 4321,
+            extra_env: vec![],
+            resources: &resources,
+            cgroups: CgroupSupport { memory: false, cpu: true },
+        },
+    )?;
+    let json = serde_json::to_value(&spec.spec)?;
+    let env: Vec<&str> = json["process"]["env"]
+        .as_array()
+        .ok_or("no env")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(env.contains(&"GREETING=there"), "config vars override the image: {env:?}");
+    assert!(env.contains(&"VERSION=one"), "{env:?}");
+    assert!(env.contains(&"PORT=4321"), "{env:?}");
+    assert!(!env.contains(&"GREETING=world"), "{env:?}");
+    assert_eq!(json["process"]["args"], serde_json::json!(["/hello"]));
+    assert_eq!(json["process"]["user"]["uid"], 65532);
+    assert_eq!(json["process"]["noNewPrivileges"], true);
+    assert_eq!(json["process"]["capabilities"]["bounding"], serde_json::json!([]));
+    assert_eq!(json["root"]["readonly"], true);
+    assert_eq!(json["root"]["path"], rootfs.to_str().ok_or("path")?);
+    let namespaces: Vec<&str> = json["linux"]["namespaces"]
+        .as_array()
+        .ok_or("no namespaces")?
+        .iter()
+        .filter_map(|n| n["type"].as_str())
+        .collect();
+    assert!(!namespaces.contains(&"network"), "{namespaces:?}");
+    assert!(namespaces.contains(&"pid"), "{namespaces:?}");
+    let tmp = json["mounts"]
+        .as_array()
+        .ok_or("no mounts")?
+        .iter()
+        .find(|m| m["destination"] == "/tmp")
+        .ok_or("no /tmp mount")?;
+    assert_eq!(tmp["type"], "tmpfs");
+    assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50000);
+    assert!(json["linux"]["resources"]["memory"].is_null(), "skipped without a memory cgroup");
+    assert_eq!(spec.warnings.len(), 1, "{:?}", spec.warnings);
+    assert!(spec.warnings[0].contains("memory limit"), "{:?}", spec.warnings);
+    assert!(Path::new(&rootfs).join("hello").is_file());
+    Ok(())
+}
