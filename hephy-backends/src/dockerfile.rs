@@ -19,6 +19,10 @@
 //! build-args = ["VERSION=1.2"]
 //! ```
 //!
+//! Base images: `FROM scratch`, earlier stages, images buildah pulls from a registry (with its
+//! usual credentials, `REGISTRY_AUTH_FILE`), or an OCI layout in the repository as
+//! `FROM oci:DIR:TAG` (relative to the repository root).
+//!
 //! buildah runs with a storage root of its own under the hephy cache directory (never the
 //! system's), the `overlay` driver when the kernel lets it mount one there and `vfs` otherwise,
 //! and `chroot` isolation inside containers or without root (`BUILDAH_ISOLATION` overrides).
@@ -549,8 +553,11 @@ impl DockerfileBackend {
     /// Everything [`Backend::check`] verifies, returning the parsed Dockerfile and builder.
     async fn plan(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
         let settings = self.settings(ctx)?;
+        // Absolute, as buildah runs in the repository root.
         let file = self.dockerfile_path(ctx, &settings)?;
+        let file = std::path::absolute(&file).unwrap_or(file);
         let context = self.context_dir(ctx, &settings)?;
+        let context = std::path::absolute(&context).unwrap_or(context);
         let rel = file
             .strip_prefix(ctx.dir())
             .unwrap_or(&file)
@@ -727,7 +734,6 @@ impl DockerfileBackend {
             .arg(&setup.isolation)
             .arg("--timestamp")
             .arg(epoch.to_string())
-            .arg("--pull-never")
             .arg("-f")
             .arg(&plan.file)
             .arg("-t")
@@ -745,6 +751,8 @@ impl DockerfileBackend {
             cmd.arg("--squash");
         }
         cmd.arg(&plan.context);
+        // `FROM oci:base:tag` (an OCI layout in the repository) resolves from the root.
+        cmd.current_dir(ctx.dir());
         cmd.env("BUILDAH_ISOLATION", &setup.isolation);
         apply_env(&mut cmd, ctx);
         exec::run(cmd, events, exec::TAIL_LINES)

@@ -998,7 +998,14 @@ impl Backend for SpinBackend {
     }
 
     async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
-        let _ = platforms; // A Wasm app runs on every platform.
+        // A Wasm app runs on every platform: one artifact, built once.
+        if let [_, second, ..] = platforms {
+            return Err(BuildError::UnsupportedPlatform {
+                backend: "spin".into(),
+                platform: second.clone(),
+                hint: "a Spin app is one platform-independent artifact: list one platform in [build] platforms, or remove the key".into(),
+            });
+        }
         let (settings, format, _, _) = Self::settings(ctx)?;
         let can_build = settings.build != Some(false) && self.spin_program().is_some();
         let app = self.load(ctx, can_build)?;

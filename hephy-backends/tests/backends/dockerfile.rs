@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hephy_backends::dockerfile::{Builder, DockerfileBackend};
+use hephy_backends::image::ImageBuilder;
+use hephy_backends::layout::OciLayout;
 use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
 use hephy_backends::testing::TestRegistry;
 use hephy_core::{Backend, BuildContext, BuildTarget, Events, Platform, PublishRequest, Publisher};
@@ -210,6 +212,28 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
         "FROM --platform=$BUILDPLATFORM scratch AS build\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"true\"]\n\nFROM scratch\nCOPY --from=build /bin/busybox /bin/busybox\n",
     )])?;
     backend.check(&ctx(cross.path())?, &[foreign()]).await?;
+
+    // A stage the target does not need is not built, so its RUN does not count; a needed one
+    // (through COPY --from, across continuation lines and comments) does.
+    let unused = repo(&[(
+        "Dockerfile",
+        "FROM scratch AS tools\nRUN [\"/bin/busybox\", \"true\"]\n\nFROM scratch AS app\nCOPY busybox /bin/busybox\n",
+    )])?;
+    backend.check(&ctx(unused.path())?, &[foreign()]).await?;
+    let used = repo(&[(
+        "Dockerfile",
+        "FROM scratch AS tools\nRUN [\"/bin/busybox\", \"true\"]\n\nFROM scratch AS app\nCOPY \\\n# the tools stage\n    --from=tools /bin/busybox /bin/busybox\n",
+    )])?;
+    let err = backend
+        .check(&ctx(used.path())?, &[foreign()])
+        .await
+        .err()
+        .ok_or("a stage copied from is built, and its RUN counts")?;
+    assert!(
+        err.to_string()
+            .contains("Dockerfile:2: RUN in stage \"tools\""),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -256,16 +280,34 @@ fn busybox() -> Result<PathBuf, Box<dyn std::error::Error>> {
     )
 }
 
+/// A base image made here, as nothing can be pulled from Docker Hub: busybox with `sh` and
+/// `cat` links, written as an OCI layout into `dir` by hephy's own image builder.
+async fn busybox_base(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let tree = tempfile::tempdir()?;
+    std::fs::create_dir_all(tree.path().join("bin"))?;
+    std::fs::copy(busybox()?, tree.path().join("bin/busybox"))?;
+    for applet in ["sh", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", tree.path().join("bin").join(applet))?;
+    }
+    let layout = OciLayout::create(dir)?;
+    ImageBuilder::new(Platform::host())
+        .dir(tree.path(), "")
+        .env("PATH", "/bin")
+        .write(&layout, Some("latest"))
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
     let dir = repo(&[
         (
             "Dockerfile",
-            "FROM scratch\nARG GREETING=hi\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo $GREETING > /greeting\"]\nENTRYPOINT [\"/bin/busybox\", \"cat\", \"/greeting\"]\n",
+            "# A RUN step in the shell form, on a base from an OCI layout in the repository.\nFROM oci:base:latest\nARG GREETING=hi\nRUN echo \"$GREETING\" > /greeting\nENTRYPOINT [\"/bin/cat\", \"/greeting\"]\n",
         ),
         ("hephy.toml", "[build.dockerfile]\nargs = { GREETING = \"built by buildah\" }\n"),
     ])?;
-    std::fs::copy(busybox()?, dir.path().join("busybox"))?;
+    busybox_base(&dir.path().join("base")).await?;
     let out = tempfile::tempdir()?;
     let backend = DockerfileBackend::new().with_cache_dir(cache_dir());
     let c = ctx(dir.path())?;
@@ -313,12 +355,12 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
     assert_eq!(config["architecture"], Platform::host().architecture());
     assert_eq!(
         config["config"]["Entrypoint"],
-        serde_json::json!(["/bin/busybox", "cat", "/greeting"])
+        serde_json::json!(["/bin/cat", "/greeting"])
     );
     assert_eq!(
         config["rootfs"]["diff_ids"].as_array().map(Vec::len),
         Some(2),
-        "COPY and RUN should each make a layer: {config}"
+        "the base's layer and RUN's: {config}"
     );
     let raw = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--raw"])

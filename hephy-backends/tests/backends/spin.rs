@@ -144,9 +144,13 @@ async fn packages_like_spin_registry_push() -> TestResult {
     let c = ctx(dir.path())?;
     let d = backend.detect(&c).await;
     assert_eq!(d.reason, "found spin.toml (Spin app hello-spin)");
-    backend
+    backend.check(&c, &[Platform::linux_arm64()]).await?;
+    let err = backend
         .check(&c, &[Platform::linux_amd64(), Platform::linux_arm64()])
-        .await?;
+        .await
+        .err()
+        .ok_or("several platforms for one Wasm artifact should be refused")?;
+    insta::assert_snapshot!("several_platforms", err.to_string());
     let image = backend
         .build(
             &c,
