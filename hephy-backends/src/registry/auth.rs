@@ -228,9 +228,7 @@ impl DockerConfig {
                 let text = String::from_utf8(decoded)
                     .map_err(|_| self.invalid(format!("auths.{key}.auth is not UTF-8")))?;
                 let Some((username, password)) = text.split_once(':') else {
-                    return Err(self.invalid(format!(
-                        "auths.{key}.auth must encode USER:PASSWORD"
-                    )));
+                    return Err(self.invalid(format!("auths.{key}.auth must encode USER:PASSWORD")));
                 };
                 return Ok(Some(Credentials {
                     username: username.to_owned(),
@@ -319,8 +317,8 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>, AuthE
         }
         return Err(fail(text.trim().to_owned()));
     }
-    let reply: HelperReply = serde_json::from_slice(&out.stdout)
-        .map_err(|e| fail(format!("unexpected output: {e}")))?;
+    let reply: HelperReply =
+        serde_json::from_slice(&out.stdout).map_err(|e| fail(format!("unexpected output: {e}")))?;
     Ok(Some(Credentials {
         username: reply.username,
         password: reply.secret,

@@ -236,10 +236,28 @@ pub(crate) fn is_unauthorized(e: &OciDistributionError) -> bool {
         || matches!(status_of(e), Some(401 | 403))
 }
 
+/// How the registry refused, for messages: `401 Unauthorized`, `the token service refused them`.
+pub(crate) fn refusal(e: &OciDistributionError) -> String {
+    match (e, status_of(e)) {
+        (OciDistributionError::AuthenticationFailure(reason), _) => {
+            let reason = reason.trim();
+            if reason.is_empty() {
+                "its token service refused them".to_owned()
+            } else {
+                format!("its token service refused them ({reason})")
+            }
+        }
+        (_, Some(403)) => "it answered 403 Forbidden".to_owned(),
+        _ => "it answered 401 Unauthorized".to_owned(),
+    }
+}
+
 /// Whether nothing answered at all (refused, DNS, TLS handshake, timeout on connect).
 pub(crate) fn is_unreachable(e: &OciDistributionError) -> bool {
     match e {
-        OciDistributionError::RequestError(e) => e.is_connect() || (e.is_timeout() && e.status().is_none()),
+        OciDistributionError::RequestError(e) => {
+            e.is_connect() || (e.is_timeout() && e.status().is_none())
+        }
         _ => false,
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{
     chain, is_index_media_type, is_transient, is_unauthorized, is_unreachable, oci_reference,
-    status_of, Connection, RegistryOptions, MANIFEST_MEDIA_TYPES,
+    refusal, status_of, Connection, RegistryOptions, MANIFEST_MEDIA_TYPES,
 };
 use crate::layout::{to_oci_digest, LayoutError, OciLayout};
 
@@ -154,9 +154,9 @@ impl Puller {
             return PullError::Unauthorized {
                 reference: self.reference.to_string(),
                 hint: format!(
-                    "{what} was refused ({}) with {}: give hephy a registry user and password (or token) \
+                    "{} to {what} with {}: give hephy a registry user and password (or token) \
                      that may pull it, or run `docker login {registry}`",
-                    chain(&e),
+                    refusal(&e),
                     self.connection.options.credentials().describe()
                 ),
                 registry,
@@ -184,7 +184,7 @@ impl Puller {
             };
         }
         PullError::Other {
-            message: format!("{what} failed for {}: {}", self.reference, chain(&e)),
+            message: format!("cannot {what} for {}: {}", self.reference, chain(&e)),
             source: Some(Box::new(e)),
         }
     }
@@ -194,13 +194,17 @@ impl Puller {
             FetchError::Oci(e) => self.error(what, e),
             FetchError::Layout(e) => PullError::Layout(e),
             other => PullError::Other {
-                message: format!("{what} failed for {}: {other}", self.reference),
+                message: format!("cannot {what} for {}: {other}", self.reference),
                 source: Some(Box::new(other)),
             },
         }
     }
 
-    async fn run(self, platform: Option<&Platform>, layout: &OciLayout) -> Result<Digest, PullError> {
+    async fn run(
+        self,
+        platform: Option<&Platform>,
+        layout: &OciLayout,
+    ) -> Result<Digest, PullError> {
         let auth = self
             .connection
             .options
@@ -214,7 +218,7 @@ impl Puller {
         self.connection
             .retry(|| client.auth(&self.target, &auth, RegistryOperation::Pull))
             .await
-            .map_err(|e| self.error("signing in", e))?;
+            .map_err(|e| self.error("sign in", e))?;
 
         let (bytes, digest) = self.manifest(&self.target, &auth).await?;
         let (value, media_type) = self.parse_manifest(&bytes)?;
@@ -294,7 +298,7 @@ impl Puller {
             .connection
             .retry(|| client.pull_manifest_raw(target, auth, MANIFEST_MEDIA_TYPES))
             .await
-            .map_err(|e| self.error("fetching the manifest", e))?;
+            .map_err(|e| self.error("fetch the manifest", e))?;
         let digest: Digest = digest
             .parse()
             .map_err(|e| self.invalid(format!("the registry sent a bad digest: {e}")))?;
@@ -388,19 +392,22 @@ impl Puller {
             }
         }
         futures_util::stream::iter(wanted.into_iter().map(Ok))
-            .try_for_each_concurrent(self.connection.options.concurrency, |(d, size, mt)| async move {
-                self.connection
-                    .retry_with(
-                        || self.fetch_blob(&d, size, &mt, layout),
-                        |e: &FetchError| match e {
-                            FetchError::Oci(e) => is_transient(e),
-                            FetchError::Stream(_) => true,
-                            _ => false,
-                        },
-                    )
-                    .await
-                    .map_err(|e| self.fetch_error(&format!("fetching blob {d}"), e))
-            })
+            .try_for_each_concurrent(
+                self.connection.options.concurrency,
+                |(d, size, mt)| async move {
+                    self.connection
+                        .retry_with(
+                            || self.fetch_blob(&d, size, &mt, layout),
+                            |e: &FetchError| match e {
+                                FetchError::Oci(e) => is_transient(e),
+                                FetchError::Stream(_) => true,
+                                _ => false,
+                            },
+                        )
+                        .await
+                        .map_err(|e| self.fetch_error(&format!("fetch blob {d}"), e))
+                },
+            )
             .await
     }
 
@@ -431,23 +438,22 @@ impl Puller {
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(16);
         let writer_layout = layout.clone();
-        let writer = tokio::task::spawn_blocking(move || -> Result<Option<(Digest, u64)>, LayoutError> {
-            let mut w = writer_layout.blob_writer()?;
-            while let Some(msg) = rx.blocking_recv() {
-                match msg {
-                    Msg::Chunk(c) => w
-                        .write_all(&c)
-                        .map_err(|e| LayoutError::Io {
+        let writer =
+            tokio::task::spawn_blocking(move || -> Result<Option<(Digest, u64)>, LayoutError> {
+                let mut w = writer_layout.blob_writer()?;
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Chunk(c) => w.write_all(&c).map_err(|e| LayoutError::Io {
                             action: "write",
                             path: writer_layout.root().join("blobs"),
                             source: e,
                         })?,
-                    Msg::Done => return w.finish().map(Some),
+                        Msg::Done => return w.finish().map(Some),
+                    }
                 }
-            }
-            // The download stopped: dropping the writer removes the partial file.
-            Ok(None)
-        });
+                // The download stopped: dropping the writer removes the partial file.
+                Ok(None)
+            });
         let mut failure = None;
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -487,7 +493,12 @@ impl Puller {
         Ok(())
     }
 
-    fn write_manifest(&self, layout: &OciLayout, bytes: &[u8], expected: &Digest) -> Result<(), PullError> {
+    fn write_manifest(
+        &self,
+        layout: &OciLayout,
+        bytes: &[u8],
+        expected: &Digest,
+    ) -> Result<(), PullError> {
         let (digest, _) = layout.write_blob(bytes)?;
         if &digest != expected {
             let _ = std::fs::remove_file(layout.blob_path(&digest));

@@ -19,8 +19,8 @@ use reqwest::header::HeaderValue;
 use serde_json::Value;
 
 use super::{
-    chain, human_bytes, is_index_media_type, is_unauthorized, is_unreachable, short, Connection,
-    RegistryOptions,
+    chain, human_bytes, is_index_media_type, is_unauthorized, is_unreachable, refusal, short,
+    Connection, RegistryOptions,
 };
 use crate::layout::{canonical_json, to_oci_digest, OciLayout};
 
@@ -248,10 +248,10 @@ impl RegistryPublisher {
         if is_unauthorized(&e) {
             return PublishError::Unauthorized {
                 hint: format!(
-                    "{what} was refused ({}) with {}: give hephy a registry user and password (or token) \
+                    "{} to {what} with {}: give hephy a registry user and password (or token) \
                      that may push there, or run `docker login {registry}` so that they are in \
                      ~/.docker/config.json; nothing was published",
-                    chain(&e),
+                    refusal(&e),
                     self.connection.options.credentials().describe(),
                 ),
                 registry,
@@ -274,7 +274,7 @@ impl RegistryPublisher {
             };
         }
         PublishError::Other {
-            message: format!("{what} failed at registry {registry}: {}", chain(&e)),
+            message: format!("cannot {what} at registry {registry}: {}", chain(&e)),
             source: Some(Box::new(e)),
         }
     }
@@ -303,9 +303,8 @@ impl RegistryPublisher {
                     image.layout.display()
                 ))
             })?;
-            let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                invalid(format!("manifest {} is not JSON: {e}", image.manifest))
-            })?;
+            let manifest: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("manifest {} is not JSON: {e}", image.manifest)))?;
             let media_type = manifest
                 .get("mediaType")
                 .and_then(Value::as_str)
@@ -341,7 +340,10 @@ impl RegistryPublisher {
             for (kind, d) in descriptors {
                 let text = d.get("digest").and_then(Value::as_str).unwrap_or_default();
                 let digest: Digest = text.parse().map_err(|e| {
-                    invalid(format!("manifest {} refers to a bad digest: {e}", image.manifest))
+                    invalid(format!(
+                        "manifest {} refers to a bad digest: {e}",
+                        image.manifest
+                    ))
                 })?;
                 let size = d.get("size").and_then(Value::as_u64).unwrap_or(0);
                 let path = layout.blob_path(&digest);
@@ -396,9 +398,13 @@ impl RegistryPublisher {
             .connection
             .retry(|| client.blob_exists(target, &digest))
             .await
-            .map_err(|e| self.error(&format!("checking {}", short(&blob.digest)), e))?;
+            .map_err(|e| self.error("check blobs", e))?;
         if exists {
-            events.log(format!("{} {} already exists", blob.kind, short(&blob.digest)));
+            events.log(format!(
+                "{} {} already exists",
+                blob.kind,
+                short(&blob.digest)
+            ));
             counters.existing.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -441,7 +447,7 @@ impl RegistryPublisher {
                     .await
             })
             .await
-            .map_err(|e| self.error(&format!("uploading {}", short(&blob.digest)), e))?;
+            .map_err(|e| self.error("upload blobs", e))?;
         tracing::debug!(digest = %blob.digest, elapsed = ?started.elapsed(), "blob uploaded");
         counters.uploaded.fetch_add(1, Ordering::Relaxed);
         counters
@@ -457,18 +463,21 @@ impl RegistryPublisher {
         media_type: &str,
         what: &str,
     ) -> Result<(), PublishError> {
-        let content_type = HeaderValue::from_str(media_type).map_err(|_| PublishError::Invalid {
-            problem: format!("invalid media type {media_type:?} in {what}"),
-        })?;
+        let content_type =
+            HeaderValue::from_str(media_type).map_err(|_| PublishError::Invalid {
+                problem: format!("invalid media type {media_type:?} in {what}"),
+            })?;
         let bytes = bytes::Bytes::from(bytes);
         self.connection
             .retry(|| {
-                self.connection
-                    .client
-                    .push_manifest_raw(target, bytes.clone(), content_type.clone())
+                self.connection.client.push_manifest_raw(
+                    target,
+                    bytes.clone(),
+                    content_type.clone(),
+                )
             })
             .await
-            .map_err(|e| self.error(&format!("pushing {what}"), e))?;
+            .map_err(|e| self.error(&format!("push {what}"), e))?;
         Ok(())
     }
 }
@@ -540,7 +549,7 @@ impl Publisher for RegistryPublisher {
         self.connection
             .retry(|| client.auth(&target, &auth, RegistryOperation::Push))
             .await
-            .map_err(|e| self.error("signing in", e))?;
+            .map_err(|e| self.error("sign in", e))?;
 
         let counters = Counters::default();
         futures_util::stream::iter(blobs.iter().map(Ok))
@@ -590,7 +599,10 @@ impl Publisher for RegistryPublisher {
             pushed += 1;
             (digest, true)
         };
-        let platforms: Vec<Platform> = manifests.iter().filter_map(|m| m.platform.clone()).collect();
+        let platforms: Vec<Platform> = manifests
+            .iter()
+            .filter_map(|m| m.platform.clone())
+            .collect();
         self.remember_blobs(&repository, blobs.iter().map(|b| b.digest.clone()));
 
         let stats = PushStats {

@@ -1,11 +1,406 @@
-//! The registry publisher and puller against Debian's docker-registry, checked with skopeo.
+//! The registry publisher and puller against Debian's docker-registry, checked with skopeo,
+//! umoci and qemu.
 
-use hephy_backends::testing::{skopeo_list_tags, TestRegistry, TestingError};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use hephy_backends::layout::OciLayout;
+use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
+use hephy_backends::testing::{
+    skopeo_inspect, skopeo_inspect_raw, skopeo_inspect_raw_bytes, skopeo_list_tags, TestRegistry,
+    TestingError,
+};
+use hephy_backends::{FilesBackend, GoBackend};
+use hephy_core::{
+    AppConfig, Backend, BuildContext, BuildTarget, BuiltImage, Events, Platform, PublishError,
+    PublishRequest, Publisher, Revision,
+};
+
+use crate::layout::tools::{free_port, http_get, umoci_unpack};
+
+type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+fn collect() -> (Events, Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    let events = Events::from_fn(move |e| {
+        if let Ok(mut v) = l.lock() {
+            v.push(e.render());
+        }
+    });
+    (events, lines)
+}
+
+fn joined(lines: &Arc<Mutex<Vec<String>>>) -> String {
+    lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+}
+
+/// Plain HTTP to the test registry, quick retries.
+fn options(registry: &TestRegistry) -> RegistryOptions {
+    RegistryOptions::new()
+        .auth(RegistryAuth::Anonymous)
+        .insecure(registry.host())
+        .retries(2, Duration::from_millis(20))
+}
+
+fn publisher(registry: &TestRegistry, options: RegistryOptions) -> Result<RegistryPublisher> {
+    Ok(RegistryPublisher::builder(registry.host())
+        .prefix("apps")
+        .options(options)
+        .build()?)
+}
+
+/// Builds the hello-go fixture for linux/amd64 and linux/arm64 at once.
+async fn build_go(out: &Path) -> Result<Vec<BuiltImage>> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-go");
+    let config = AppConfig::from_toml(
+        "hephy.toml",
+        r#"
+[build]
+backend = "go"
+env = { GOPROXY = "off", GOFLAGS = "" }
+[build.go]
+data = "static"
+"#,
+    )?;
+    let ctx = BuildContext::new(&fixture, config)
+        .with_revision(Revision::new("0123456789abcdef0123456789abcdef01234567"))
+        .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let backend = GoBackend::new()
+        .with_cache_dir(Path::new(env!("CARGO_TARGET_TMPDIR")).join("hephy-go-build"));
+    let amd = BuildTarget::new(Platform::linux_amd64(), out.join("amd64"));
+    let arm = BuildTarget::new(Platform::linux_arm64(), out.join("arm64"));
+    let events = Events::discard();
+    let (a, b) = tokio::join!(
+        backend.build(&ctx, &amd, &events),
+        backend.build(&ctx, &arm, &events)
+    );
+    Ok(vec![a?, b?])
+}
+
+/// A small image of a few files on the default base, for the host platform.
+async fn build_files(dir: &Path) -> Result<BuiltImage> {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("index.html"), "<h1>hello</h1>\n")?;
+    std::fs::write(app.join("robots.txt"), "User-agent: *\n")?;
+    let ctx = BuildContext::new(&app, AppConfig::default())
+        .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let target = BuildTarget::new(Platform::host(), dir.join("out"));
+    Ok(FilesBackend::new()
+        .build(&ctx, &target, &Events::discard())
+        .await?)
+}
+
+fn platforms_of(index: &serde_json::Value) -> Vec<String> {
+    let mut out: Vec<String> = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or("?"),
+                m["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_push_is_one_index_skips_known_blobs_mounts_and_pulls_back() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let registry = TestRegistry::start()?;
+    let images = build_go(&tmp.path().join("build")).await?;
+    let request = PublishRequest::new("hello".parse()?, "v1", images.clone())
+        .with_annotation("org.opencontainers.image.revision", "0123456789abcdef");
+
+    // First push: every blob is uploaded, then two manifests and one index.
+    let first = publisher(&registry, options(&registry))?;
+    let (events, lines) = collect();
+    let published = first.publish(&request, &events).await?;
+    let stats = first.last_push_stats().ok_or("no stats after a push")?;
+    let log = joined(&lines);
+    assert!(published.is_index, "two platforms make an index");
+    assert_eq!(
+        published.reference.to_string(),
+        format!("{}/apps/hello:v1@{}", registry.host(), published.digest)
+    );
+    assert_eq!(
+        stats.uploaded, stats.blobs,
+        "a fresh registry has no blob: {stats}"
+    );
+    assert!(stats.uploaded_bytes > 0 && stats.uploaded_bytes == stats.blob_bytes);
+    assert_eq!(stats.manifests, 3, "two manifests and one index: {stats}");
+    assert!(log.contains("pushing layer sha256:"), "{log}");
+    assert!(
+        log.contains(" MB)") || log.contains(" kB)"),
+        "sizes in the log: {log}"
+    );
+
+    // What the registry serves is an OCI index with both platforms, byte for byte ours.
+    let tagged = format!("{}/apps/hello:v1", registry.host());
+    let raw = skopeo_inspect_raw_bytes(&tagged, None)?;
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw)),
+        published.digest.to_string()
+    );
+    let index: serde_json::Value = serde_json::from_slice(&raw)?;
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(platforms_of(&index), ["linux/amd64", "linux/arm64"]);
+    assert_eq!(
+        index["annotations"]["org.opencontainers.image.revision"],
+        "0123456789abcdef"
+    );
+    let summary = skopeo_inspect(&tagged, None)?;
+    assert_eq!(summary["Os"], "linux");
+
+    // The same build pushed again, by a new publisher: every blob is found, none uploaded.
+    let second = publisher(&registry, options(&registry))?;
+    let (events, lines) = collect();
+    let again = second.publish(&request, &events).await?;
+    let stats2 = second.last_push_stats().ok_or("no stats after a push")?;
+    assert_eq!(again.digest, published.digest);
+    assert_eq!(
+        (stats2.uploaded, stats2.uploaded_bytes, stats2.existing),
+        (0, 0, stats.blobs),
+        "a second push must upload nothing: {stats2}"
+    );
+    assert!(joined(&lines).contains("already exists"));
+
+    // Another app with the same blobs: the publisher knows them in apps/hello and mounts them.
+    let other = PublishRequest::new("hello-two".parse()?, "v1", images.clone());
+    let (events, lines) = collect();
+    first.publish(&other, &events).await?;
+    let stats3 = first.last_push_stats().ok_or("no stats after a push")?;
+    assert_eq!(
+        (stats3.uploaded, stats3.mounted),
+        (0, stats.blobs),
+        "blobs known in apps/hello are mounted: {stats3}\n{}",
+        joined(&lines)
+    );
+    assert!(joined(&lines).contains("mounted from apps/hello"));
+    assert_eq!(
+        skopeo_list_tags(&format!("{}/apps/hello-two", registry.host()), None)?,
+        ["v1"]
+    );
+
+    // Pull the whole index back: same digest, and its layout holds every blob.
+    let opts = options(&registry);
+    let reference = registry.reference("apps/hello", "v1")?;
+    let whole = OciLayout::create(tmp.path().join("pulled-all"))?;
+    let digest = opts.pull_to_layout(&reference, None, &whole).await?;
+    assert_eq!(digest, published.digest);
+    for blob in whole.blobs_of(&digest)? {
+        assert!(
+            whole.has_blob(&blob),
+            "{blob} missing from the pulled layout"
+        );
+    }
+
+    // Pull only arm64: the manifest the index lists for it, which runs under qemu.
+    let arm_entry = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .ok_or("no arm64 entry")?;
+    let arm_layout = OciLayout::create(tmp.path().join("pulled-arm64"))?;
+    let arm = opts
+        .pull_to_layout(&reference, Some(&Platform::linux_arm64()), &arm_layout)
+        .await?;
+    assert_eq!(Some(arm.to_string().as_str()), arm_entry["digest"].as_str());
+    assert_eq!(
+        arm, images[1].manifest,
+        "the pulled arm64 manifest is the one built"
+    );
+    let bundle = tmp.path().join("arm64-bundle");
+    umoci_unpack(arm_layout.root(), "v1", &bundle)?;
+    let port = free_port()?;
+    let mut child = tokio::process::Command::new("qemu-aarch64-static")
+        .arg(bundle.join("rootfs/app/hello"))
+        .env("PORT", port.to_string())
+        .kill_on_drop(true)
+        .spawn()?;
+    let reply = http_get(port).await;
+    child.kill().await?;
+    let reply = reply?;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_clearly_and_publish_nothing() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let registry = TestRegistry::start_with_auth("hephy", "s3cret")?;
+    let image = build_files(tmp.path()).await?;
+    let request = PublishRequest::new("site".parse()?, "v1", vec![image]);
+    let repository = format!("{}/apps/site", registry.host());
+
+    for auth in [
+        RegistryAuth::basic("hephy", "wrong"),
+        RegistryAuth::Anonymous,
+    ] {
+        let described = auth.describe();
+        let publisher = publisher(&registry, options(&registry).auth(auth))?;
+        let err = publisher
+            .publish(&request, &Events::discard())
+            .await
+            .err()
+            .ok_or("a push with bad credentials succeeded")?;
+        let PublishError::Unauthorized {
+            registry: name,
+            hint,
+        } = &err
+        else {
+            return Err(format!("expected Unauthorized, got {err:?}").into());
+        };
+        assert_eq!(name, &registry.host());
+        assert!(hint.contains(&described), "{hint}");
+        assert!(hint.contains("docker login"), "{hint}");
+        assert!(hint.contains("nothing was published"), "{hint}");
+        assert!(
+            registry.repositories().is_empty(),
+            "{:?}",
+            registry.repositories()
+        );
+        assert_eq!(
+            skopeo_list_tags(&repository, registry.credentials())?,
+            Vec::<String>::new()
+        );
+    }
+    let message = publisher(
+        &registry,
+        options(&registry).auth(RegistryAuth::basic("hephy", "wrong")),
+    )?
+    .publish(&request, &Events::discard())
+    .await
+    .err()
+    .ok_or("a push with bad credentials succeeded")?
+    .to_string()
+    .replace(&registry.host(), "127.0.0.1:PORT");
+    insta::assert_snapshot!(message);
+
+    // The right credentials publish, and skopeo sees the tag.
+    let good = publisher(
+        &registry,
+        options(&registry).auth(RegistryAuth::basic("hephy", "s3cret")),
+    )?;
+    let published = good.publish(&request, &Events::discard()).await?;
+    assert!(!published.is_index);
+    assert_eq!(
+        skopeo_list_tags(&repository, registry.credentials())?,
+        ["v1"]
+    );
+    let raw = skopeo_inspect_raw(&format!("{repository}:v1"), registry.credentials())?;
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    match skopeo_inspect_raw(&format!("{repository}:v1"), Some(("hephy", "wrong"))) {
+        Err(TestingError::Failed { .. }) => {}
+        other => return Err(format!("skopeo with wrong credentials: {other:?}").into()),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn docker_config_credentials_are_used() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let registry = TestRegistry::start_with_auth("ci", "from-config")?;
+    let image = build_files(tmp.path()).await?;
+    let config = tmp.path().join("config.json");
+    // What `docker login` writes: base64("ci:from-config").
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"Y2k6ZnJvbS1jb25maWc="}}}}}}"#,
+            registry.host()
+        ),
+    )?;
+    let creds = hephy_backends::registry::DockerConfig::from_path(&config)?
+        .credentials(&registry.host())?
+        .ok_or("no credentials read from config.json")?;
+    let publisher = publisher(
+        &registry,
+        options(&registry).auth(RegistryAuth::basic(creds.username, creds.password)),
+    )?;
+    publisher
+        .publish(
+            &PublishRequest::new("site".parse()?, "v2", vec![image]),
+            &Events::discard(),
+        )
+        .await?;
+    assert_eq!(
+        skopeo_list_tags(
+            &format!("{}/apps/site", registry.host()),
+            registry.credentials()
+        )?,
+        ["v2"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_names_the_address() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let image = build_files(tmp.path()).await?;
+    // A port nothing listens on.
+    let port = free_port()?;
+    let host = format!("127.0.0.1:{port}");
+    let publisher = RegistryPublisher::builder(&host)
+        .options(
+            RegistryOptions::new()
+                .auth(RegistryAuth::Anonymous)
+                .insecure(&host)
+                .retries(1, Duration::from_millis(10)),
+        )
+        .build()?;
+    let err = publisher
+        .publish(
+            &PublishRequest::new("site".parse()?, "v1", vec![image]),
+            &Events::discard(),
+        )
+        .await
+        .err()
+        .ok_or("a push to a closed port succeeded")?;
+    let PublishError::Unreachable {
+        registry, message, ..
+    } = &err
+    else {
+        return Err(format!("expected Unreachable, got {err:?}").into());
+    };
+    assert_eq!(registry, &host);
+    assert!(message.contains(&format!("http://{host}/v2/")), "{message}");
+    Ok(())
+}
 
 #[test]
-fn test_registry_starts_answers_and_stops() -> TestResult {
+fn bad_registry_names_are_refused_when_building() {
+    let err = RegistryPublisher::builder("https://registry.example/x")
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("host[:port]") || err.contains("invalid registry"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_registry_starts_answers_and_stops() -> Result {
     let registry = TestRegistry::start()?;
     let addr = registry.addr();
     let repo = format!("{}/nothing/here", registry.host());
@@ -20,16 +415,19 @@ fn test_registry_starts_answers_and_stops() -> TestResult {
 }
 
 #[test]
-fn test_registry_with_auth_refuses_wrong_credentials() -> TestResult {
+fn test_registry_with_auth_refuses_wrong_credentials() -> Result {
     let registry = TestRegistry::start_with_auth("hephy", "s3cret")?;
     let repo = format!("{}/nothing/here", registry.host());
-    assert_eq!(skopeo_list_tags(&repo, registry.credentials())?, Vec::<String>::new());
+    assert_eq!(
+        skopeo_list_tags(&repo, registry.credentials())?,
+        Vec::<String>::new()
+    );
     match skopeo_list_tags(&repo, Some(("hephy", "wrong"))) {
         Err(TestingError::Failed { stderr, .. }) => assert!(
             stderr.contains("unauthorized") || stderr.contains("401"),
             "expected skopeo to report 401 unauthorized, got: {stderr}"
         ),
-        other => panic!("expected wrong credentials to fail, got {other:?}"),
+        other => return Err(format!("expected wrong credentials to fail, got {other:?}").into()),
     }
     Ok(())
 }
