@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hephy_core::{
-    Backend, BackendChoice, BuildContext, BuildError, Confidence, Detection, Platform,
+    async_trait, Backend, BackendChoice, BuildContext, BuildError, BuildTarget, BuiltImage,
+    Confidence, Detection, Events, Platform,
 };
 
 /// The order in which `backend = "auto"` asks the backends; the first of equally sure answers
@@ -155,18 +156,72 @@ pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Expla
     }
 }
 
-/// Runs `backend`'s own [`Backend::check`] plus the validators hephy keeps for it (for `go`:
-/// [`check_go_cgo`]).
+/// Runs `backend`'s own [`Backend::check`] plus the validators hephy keeps for it (see
+/// [`extra_checks`]).
 pub async fn validate(
     ctx: &BuildContext,
     backend: &dyn Backend,
     platforms: &[Platform],
 ) -> Result<(), BuildError> {
     backend.check(ctx, platforms).await?;
-    if backend.name() == "go" {
+    extra_checks(backend.name(), ctx)
+}
+
+/// The validators hephy runs for a backend beyond its own check: for `go`, [`check_go_cgo`].
+pub fn extra_checks(backend: &str, ctx: &BuildContext) -> Result<(), BuildError> {
+    if backend == "go" {
         check_go_cgo(ctx)?;
     }
     Ok(())
+}
+
+/// A backend whose [`Backend::check`] also runs [`extra_checks`], so the pipeline refuses what
+/// they refuse before building. [`default_backends`](crate::default_backends) wraps the Go
+/// backend in it.
+///
+/// ```
+/// use hephy_backends::{check::Checked, GoBackend};
+/// use hephy_core::Backend;
+/// assert_eq!(Checked::new(GoBackend::new()).name(), "go");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Checked<B>(B);
+
+impl<B> Checked<B> {
+    /// Wraps `backend`.
+    pub fn new(backend: B) -> Self {
+        Checked(backend)
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Backend for Checked<B> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn detect(&self, ctx: &BuildContext) -> Detection {
+        self.0.detect(ctx).await
+    }
+
+    async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
+        self.0.check(ctx, platforms).await?;
+        extra_checks(self.0.name(), ctx)
+    }
+
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        self.0.build(ctx, target, events).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

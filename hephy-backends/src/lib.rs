@@ -77,7 +77,8 @@ pub fn default_backends() -> Vec<Arc<dyn Backend>> {
     vec![
         Arc::new(DockerfileBackend::new()),
         Arc::new(SpinBackend::new()),
-        Arc::new(GoBackend::new()),
+        // Its check also refuses `import "C"`, as cgo is off (see `check::extra_checks`).
+        Arc::new(check::Checked::new(GoBackend::new())),
         Arc::new(CargoBackend::new()),
         Arc::new(FilesBackend::new()),
         // `backend = "kaniko"` from old configurations; it never detects apps itself.

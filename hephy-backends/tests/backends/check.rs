@@ -5,7 +5,7 @@ use std::path::Path;
 
 use hephy_backends::check::{check_go_cgo, explain};
 use hephy_backends::default_backends;
-use hephy_core::BuildContext;
+use hephy_core::{Backend, BuildContext};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -83,6 +83,22 @@ async fn refuses_go_importing_c_with_cgo_off() -> TestResult {
     insta::assert_snapshot!(err.to_string());
     // `hephy check` reports it for the go backend.
     insta::assert_snapshot!("explain_cgo", explained(dir.path()).await?);
+
+    // The pipeline refuses it too: the go backend of `default_backends` runs the check.
+    let go = default_backends()
+        .into_iter()
+        .find(|b| b.name() == "go")
+        .ok_or("no go backend")?;
+    let err = go
+        .check(&ctx, &[hephy_core::Platform::host()])
+        .await
+        .err()
+        .ok_or("the go backend's check should refuse import \"C\"")?;
+    assert!(
+        err.to_string()
+            .starts_with("native/native.go imports \"C\""),
+        "{err}"
+    );
 
     // Without the cgo file, the module passes.
     std::fs::remove_file(dir.path().join("native/native.go"))?;
