@@ -15,7 +15,7 @@
 //! `[build.cargo]` keys: `bin` (which binary, when the package has several), `package` (in a
 //! workspace), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
 //! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
-//! output is kept in the hephy cache dir (`cargo-target/`), so rebuilds are incremental.
+//! output is kept in the hephy cache dir (`cargo-target/PACKAGE`), so rebuilds are incremental.
 
 use std::path::{Path, PathBuf};
 
@@ -351,12 +351,31 @@ impl CargoBackend {
         self
     }
 
-    fn target_dir(&self, ctx: &BuildContext) -> PathBuf {
-        use sha2::{Digest as _, Sha256};
-        let h = Sha256::digest(ctx.dir().display().to_string().as_bytes());
-        self.cache_dir
-            .join("cargo-target")
-            .join(hex::encode(&h[..6]))
+    /// One target directory per package name, so that every push of an app reuses the
+    /// dependencies compiled for the previous one (the checkout directory changes each time).
+    fn target_dir(&self, manifest: &toml::Table, s: &CargoSettings) -> PathBuf {
+        let name = s
+            .package
+            .clone()
+            .or_else(|| {
+                manifest
+                    .get("package")
+                    .and_then(|p| p.get("name"))
+                    .and_then(|n| n.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "workspace".into());
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.cache_dir.join("cargo-target").join(safe)
     }
 
     async fn plan(
@@ -434,7 +453,7 @@ impl Backend for CargoBackend {
         let Some(choice) = choices.into_iter().next() else {
             return Err(bad("no platform to build"));
         };
-        let target_dir = self.target_dir(ctx);
+        let target_dir = self.target_dir(&read_manifest(ctx)?, &s);
         tokio::fs::create_dir_all(&target_dir)
             .await
             .map_err(|e| BuildError::other(format!("cannot create {}", target_dir.display()), e))?;

@@ -1016,10 +1016,9 @@ impl Backend for DockerfileBackend {
                 "an alias of the dockerfile backend; it does not detect apps",
             );
         }
-        let settings = match self.settings(ctx) {
-            Ok(s) => s,
-            Err(e) => return Detection::no(&self.name, format!("invalid settings: {e}")),
-        };
+        // Bad settings still detect a Dockerfile, so that `check` reports them instead of
+        // another backend silently building the app.
+        let settings = self.settings(ctx).unwrap_or_default();
         if let Some(f) = &settings.file {
             return match safe_join(ctx.dir(), f, "file") {
                 Ok(p) if p.is_file() => Detection::yes(
