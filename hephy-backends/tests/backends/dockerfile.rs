@@ -430,3 +430,35 @@ async fn builds_a_foreign_platform_without_run_steps() -> TestResult {
     assert_eq!(config["os"], "linux");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_step_reports_its_last_lines() -> TestResult {
+    let dir = repo(&[(
+        "Dockerfile",
+        "FROM oci:base:latest\nRUN echo about to fail && exit 3\n",
+    )])?;
+    busybox_base(&dir.path().join("base")).await?;
+    let out = tempfile::tempdir()?;
+    let err = DockerfileBackend::new()
+        .with_cache_dir(cache_dir())
+        .build(
+            &ctx(dir.path())?,
+            &BuildTarget::new(Platform::host(), out.path()),
+            &Events::discard(),
+        )
+        .await
+        .err()
+        .ok_or("a RUN that exits 3 should fail the build")?;
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "buildah build failed (exit status: 3): the Dockerfile build failed; its last lines:"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("about to fail"),
+        "the RUN's output should be in the error: {message}"
+    );
+    Ok(())
+}
