@@ -283,6 +283,27 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
         tiny_wasm()
     );
 
+    // A registry takes it as it is.
+    let registry = TestRegistry::start()?;
+    RegistryPublisher::builder(registry.host())
+        .options(RegistryOptions::new().insecure(registry.host()))
+        .build()?
+        .publish(
+            &PublishRequest::new("one".parse()?, "v1", vec![image.clone()]),
+            &Events::discard(),
+        )
+        .await?;
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{}/one:v1", registry.host()))
+        .output()?;
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(serde_json::from_slice::<Value>(&raw.stdout)?, manifest);
+
     // Two components do not fit.
     let two = spin_repo(true)?;
     std::fs::write(
