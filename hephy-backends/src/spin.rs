@@ -979,7 +979,9 @@ impl Backend for SpinBackend {
     async fn detect(&self, ctx: &BuildContext) -> Detection {
         let (rel, path) = match Self::settings(ctx) {
             Ok((_, _, path, rel)) => (rel, path),
-            Err(e) => return Detection::no("spin", format!("invalid settings: {e}")),
+            // Bad settings still detect a spin.toml, so that `check` reports them instead of
+            // another backend silently building the app.
+            Err(_) => ("spin.toml".to_owned(), ctx.dir().join("spin.toml")),
         };
         if !path.is_file() {
             return Detection::no("spin", format!("no {rel}"));
