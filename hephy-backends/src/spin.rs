@@ -404,8 +404,7 @@ impl SpinApp {
             if let (Some(c), Value::Object(m)) = (&component_id, &mut config) {
                 m.insert("component".into(), Value::String(c.clone()));
             }
-            if let (Some(c), Value::Object(m)) = (&component_id, &config) {
-                let _ = m;
+            if let Some(c) = &component_id {
                 if !components.iter().any(|(id, _)| id == c) {
                     return Err(bad(format!(
                         "{rel}: trigger {id} names component {c:?}, which is not defined: add a [component.{c}] table"
@@ -760,14 +759,10 @@ fn rfc3339(ctx: &BuildContext) -> String {
     humantime::format_rfc3339_seconds(ctx.source_date_epoch()).to_string()
 }
 
-fn write_descriptor(
-    layout: &OciLayout,
-    value: &Value,
-    media_type: &str,
-) -> Result<(Digest, u64), BuildError> {
+/// Writes `value` as a compact JSON blob (keys sorted, as serde_json's map sorts them).
+fn write_json_blob(layout: &OciLayout, value: &Value) -> Result<(Digest, u64), BuildError> {
     let bytes =
         serde_json::to_vec(value).map_err(|e| BuildError::other("cannot encode JSON", e))?;
-    let _ = media_type;
     layout
         .write_blob(&bytes)
         .map_err(|e| BuildError::other("cannot write to the OCI layout", e.to_string()))
@@ -849,8 +844,7 @@ impl SpinApp {
         }
         locked.insert("triggers".into(), Value::Array(self.triggers.clone()));
         locked.insert("components".into(), Value::Array(components));
-        let (locked_digest, locked_size) =
-            write_descriptor(layout, &Value::Object(locked), SPIN_APPLICATION_MEDIA_TYPE)?;
+        let (locked_digest, locked_size) = write_json_blob(layout, &Value::Object(locked))?;
         layers.push(Layer {
             media_type: SPIN_APPLICATION_MEDIA_TYPE,
             digest: locked_digest.clone(),
@@ -863,8 +857,7 @@ impl SpinApp {
             "config": {"Labels": {LOCKED_APP_DIGEST_LABEL: locked_digest.to_string()}},
             "rootfs": {"type": "layers", "diff_ids": []},
         });
-        let (config_digest, config_size) =
-            write_descriptor(layout, &config, "application/vnd.oci.image.config.v1+json")?;
+        let (config_digest, config_size) = write_json_blob(layout, &config)?;
         let mut annotations = serde_json::Map::new();
         annotations.insert(
             "org.opencontainers.image.created".into(),
@@ -905,11 +898,7 @@ impl SpinApp {
             "layers": layers.iter().map(layer_json).collect::<Vec<_>>(),
             "annotations": annotations,
         });
-        write_descriptor(
-            layout,
-            &manifest,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
+        write_json_blob(layout, &manifest)
     }
 
     fn write_wasm(
@@ -931,8 +920,7 @@ impl SpinApp {
             "os": if is_component { "wasip2" } else { "wasip1" },
             "layerDigests": [digest.to_string()],
         });
-        let (config_digest, config_size) =
-            write_descriptor(layout, &config, WASM_CONFIG_MEDIA_TYPE)?;
+        let (config_digest, config_size) = write_json_blob(layout, &config)?;
         let mut annotations = serde_json::Map::new();
         annotations.insert(
             "org.opencontainers.image.created".into(),
@@ -962,11 +950,7 @@ impl SpinApp {
             "layers": [{"mediaType": WASM_MEDIA_TYPE, "digest": digest.to_string(), "size": size}],
             "annotations": annotations,
         });
-        write_descriptor(
-            layout,
-            &manifest,
-            "application/vnd.oci.image.manifest.v1+json",
-        )
+        write_json_blob(layout, &manifest)
     }
 }
 
