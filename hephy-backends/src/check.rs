@@ -37,6 +37,9 @@ pub struct Explanation {
     pub platforms: Vec<Platform>,
     /// Why the chosen backend refuses to build, if it does.
     pub refusal: Option<BuildError>,
+    /// What the user should know that does not stop a build (kaniko settings without an
+    /// equivalent, for instance).
+    pub warnings: Vec<String>,
 }
 
 impl Explanation {
@@ -80,6 +83,9 @@ impl fmt::Display for Explanation {
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         match (&self.chosen, &self.refusal) {
             (None, _) => write!(f, "result: nothing can build this repository"),
             (Some(_), None) => write!(f, "result: ok"),
@@ -123,6 +129,7 @@ pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Expla
                     detections,
                     platforms,
                     refusal: None,
+                    warnings: vec![],
                 };
             }
         },
@@ -146,13 +153,26 @@ pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Expla
         Some(i) => validate(ctx, backends[i].as_ref(), &platforms).await.err(),
         None => None,
     };
+    let chosen = chosen.map(|i| backends[i].name().to_owned());
+    let warnings = match chosen.as_deref() {
+        Some(name @ ("dockerfile" | "kaniko")) => {
+            let b = if name == "kaniko" {
+                crate::DockerfileBackend::kaniko_alias()
+            } else {
+                crate::DockerfileBackend::new()
+            };
+            b.settings(ctx).map(|s| s.warnings).unwrap_or_default()
+        }
+        _ => vec![],
+    };
     Explanation {
         choice,
-        chosen: chosen.map(|i| backends[i].name().to_owned()),
+        chosen,
         reason,
         detections,
         platforms,
         refusal,
+        warnings,
     }
 }
 

@@ -136,3 +136,16 @@ async fn refusals_show_in_explain() -> TestResult {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn kaniko_configurations_are_explained_with_warnings() -> TestResult {
+    let dir = repo(&[
+        ("Dockerfile", "FROM scratch\nCOPY app /app\n"),
+        (
+            "hephy.toml",
+            "[build]\nbackend = \"kaniko\"\n\n[build.kaniko]\ndestination = \"registry.example/app\"\nsnapshot-mode = \"time\"\n",
+        ),
+    ])?;
+    insta::assert_snapshot!(explained(dir.path()).await?);
+    Ok(())
+}
