@@ -107,6 +107,34 @@ fn confidence_word(c: Confidence) -> &'static str {
 /// Explains which of `backends` would build `ctx` and why, and whether it refuses: the library
 /// call behind `hephy check`. Backends are asked in the order given (use
 /// [`default_backends`](crate::default_backends) for the documented order).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use hephy_backends::{default_backends, explain};
+/// use hephy_core::BuildContext;
+///
+/// let dir = std::env::temp_dir().join(format!("hephy-explain-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("spin.toml"), r#"
+/// spin_manifest_version = 2
+/// [application]
+/// name = "hello"
+/// [[trigger.http]]
+/// route = "/..."
+/// component = "hello"
+/// [component.hello]
+/// source = "hello.wasm"
+/// "#)?;
+///
+/// let e = explain(&BuildContext::open(&dir)?, &default_backends()).await;
+/// assert_eq!(e.chosen.as_deref(), Some("spin"));
+/// // hello.wasm was never built: the refusal says what to do.
+/// let refusal = e.refusal.as_ref().map(|r| r.to_string()).unwrap_or_default();
+/// assert!(refusal.contains("source hello.wasm does not exist: run `spin build`"), "{refusal}");
+/// println!("{e}");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
 pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Explanation {
     let choice = ctx.config().build.backend.clone();
     let platforms = ctx.config().build.platforms.clone();
