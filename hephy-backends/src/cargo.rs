@@ -12,8 +12,11 @@
 //! base). The result is checked: a binary that still needs a dynamic loader is refused, since
 //! the default base has no libc to give it.
 //!
-//! `[build.cargo]` keys: `bin` (which binary, when the package has several), `package` (in a
-//! workspace), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
+//! The binary is found in the root package or in a workspace member (`members` globs are
+//! expanded); with several, `[build.cargo]` chooses.
+//!
+//! `[build.cargo]` keys: `bin` (which binary, when there are several), `package` (the workspace
+//! member), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
 //! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
 //! output is kept in the hephy cache dir (`cargo-target/PACKAGE`), so rebuilds are incremental.
 
@@ -181,36 +184,127 @@ fn read_manifest(ctx: &BuildContext) -> Result<toml::Table, BuildError> {
     toml::from_str(&text).map_err(|e| bad(format!("Cargo.toml: {}", e.message().trim_end())))
 }
 
-/// Which binary to build: `[build.cargo] bin`, else the only one, else `default-run`.
-fn choose_bin(manifest: &toml::Table, dir: &Path, s: &CargoSettings) -> Result<String, BuildError> {
-    let bins = binaries(manifest, dir);
-    if let Some(b) = &s.bin {
-        if bins.is_empty() || bins.contains(b) || s.package.is_some() {
-            return Ok(b.clone());
+/// A binary target: its package (`None` for the root package) and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinTarget {
+    /// The workspace member it belongs to, or `None` for the root package.
+    pub package: Option<String>,
+    /// The binary's name.
+    pub bin: String,
+}
+
+impl std::fmt::Display for BinTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.package {
+            Some(p) => write!(f, "{} (package {p})", self.bin),
+            None => f.write_str(&self.bin),
         }
-        return Err(bad(format!(
-            "[build.cargo] bin {b:?} is not a binary of this package: use one of {}",
-            bins.join(", ")
-        )));
     }
-    match bins.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(bad(
-            "Cargo.toml has no binary target (no [[bin]], no src/main.rs): add one, or set [build.cargo] package and bin for a workspace",
-        )),
-        several => {
-            let default_run = manifest
-                .get("package")
-                .and_then(|p| p.get("default-run"))
-                .and_then(|d| d.as_str());
-            match default_run {
-                Some(d) => Ok(d.to_owned()),
-                None => Err(bad(format!(
-                    "the package has several binaries ({}): choose one with [build.cargo] bin = \"NAME\"",
-                    several.join(", ")
-                ))),
+}
+
+/// The binaries of the root package and of the workspace members (`members` globs such as
+/// `"crates/*"` are expanded).
+pub fn bin_targets(manifest: &toml::Table, dir: &Path) -> Vec<BinTarget> {
+    let mut out: Vec<BinTarget> = binaries(manifest, dir)
+        .into_iter()
+        .map(|bin| BinTarget { package: None, bin })
+        .collect();
+    let members = manifest
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut dirs = vec![];
+    for m in members.iter().filter_map(|m| m.as_str()) {
+        if glob::Pattern::escape(m) != m {
+            let pattern = dir.join(m).to_string_lossy().into_owned();
+            if let Ok(paths) = glob::glob(&pattern) {
+                dirs.extend(paths.flatten());
             }
+        } else {
+            dirs.push(dir.join(m));
         }
+    }
+    dirs.sort();
+    for d in dirs {
+        if d == dir {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(d.join("Cargo.toml")) else {
+            continue;
+        };
+        let Ok(member) = toml::from_str::<toml::Table>(&text) else {
+            continue;
+        };
+        let Some(name) = member
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+        else {
+            continue;
+        };
+        for bin in binaries(&member, &d) {
+            out.push(BinTarget {
+                package: Some(name.to_owned()),
+                bin,
+            });
+        }
+    }
+    out
+}
+
+/// Which binary to build: as `[build.cargo] package` and `bin` say, else the only one, else
+/// the root package's `default-run`.
+fn choose_bin(
+    manifest: &toml::Table,
+    dir: &Path,
+    s: &CargoSettings,
+) -> Result<BinTarget, BuildError> {
+    let all = bin_targets(manifest, dir);
+    let root_package = manifest
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str());
+    let mut candidates: Vec<&BinTarget> = all
+        .iter()
+        .filter(|t| match &s.package {
+            Some(p) => t.package.as_deref().or(root_package) == Some(p.as_str()),
+            None => true,
+        })
+        .filter(|t| s.bin.as_ref().is_none_or(|b| *b == t.bin))
+        .collect();
+    let list = |ts: &[BinTarget]| {
+        ts.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if candidates.len() > 1 && s.bin.is_none() {
+        // The root package's default-run settles it.
+        if let Some(d) = manifest
+            .get("package")
+            .and_then(|p| p.get("default-run"))
+            .and_then(|d| d.as_str())
+        {
+            candidates.retain(|t| t.package.is_none() && t.bin == d);
+        }
+    }
+    match candidates.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] if all.is_empty() => Err(bad(
+            "Cargo.toml has no binary target (no [[bin]], no src/main.rs, no workspace member with one): add one, or set [build.cargo] package and bin",
+        )),
+        [] => Err(bad(format!(
+            "no binary matches [build.cargo]{}{}: the binaries are {}",
+            s.package.as_ref().map(|p| format!(" package = {p:?}")).unwrap_or_default(),
+            s.bin.as_ref().map(|b| format!(" bin = {b:?}")).unwrap_or_default(),
+            list(&all)
+        ))),
+        _ => Err(bad(format!(
+            "there are several binaries ({}): choose one with [build.cargo] bin = \"NAME\" (and package = \"NAME\" in a workspace)",
+            list(&all)
+        ))),
     }
 }
 
@@ -353,10 +447,9 @@ impl CargoBackend {
 
     /// One target directory per package name, so that every push of an app reuses the
     /// dependencies compiled for the previous one (the checkout directory changes each time).
-    fn target_dir(&self, manifest: &toml::Table, s: &CargoSettings) -> PathBuf {
-        let name = s
-            .package
-            .clone()
+    fn target_dir(&self, manifest: &toml::Table, package: Option<&str>) -> PathBuf {
+        let name = package
+            .map(str::to_owned)
             .or_else(|| {
                 manifest
                     .get("package")
@@ -382,7 +475,7 @@ impl CargoBackend {
         &self,
         ctx: &BuildContext,
         platforms: &[Platform],
-    ) -> Result<(CargoSettings, String, Vec<Choice>), BuildError> {
+    ) -> Result<(CargoSettings, BinTarget, Vec<Choice>), BuildError> {
         let s = settings(ctx)?;
         let manifest = read_manifest(ctx)?;
         let bin = choose_bin(&manifest, ctx.dir(), &s)?;
@@ -421,7 +514,10 @@ impl Backend for CargoBackend {
             Ok(m) => m,
             Err(e) => return Detection::no("cargo", format!("found Cargo.toml, but {e}")),
         };
-        let bins = binaries(&manifest, ctx.dir());
+        let bins: Vec<String> = bin_targets(&manifest, ctx.dir())
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         match bins.as_slice() {
             [] => Detection::no("cargo", "found Cargo.toml without a binary target"),
             [one] => Detection::yes(
@@ -447,13 +543,15 @@ impl Backend for CargoBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
-        let (s, bin, choices) = self
+        let (s, target_bin, choices) = self
             .plan(ctx, std::slice::from_ref(&target.platform))
             .await?;
         let Some(choice) = choices.into_iter().next() else {
             return Err(bad("no platform to build"));
         };
-        let target_dir = self.target_dir(&read_manifest(ctx)?, &s);
+        let bin = target_bin.bin.clone();
+        let package = target_bin.package.clone().or_else(|| s.package.clone());
+        let target_dir = self.target_dir(&read_manifest(ctx)?, package.as_deref());
         tokio::fs::create_dir_all(&target_dir)
             .await
             .map_err(|e| BuildError::other(format!("cannot create {}", target_dir.display()), e))?;
@@ -470,7 +568,7 @@ impl Backend for CargoBackend {
         if ctx.dir().join("Cargo.lock").is_file() {
             cmd.arg("--locked");
         }
-        if let Some(p) = &s.package {
+        if let Some(p) = &package {
             cmd.arg("--package").arg(p);
         }
         if !s.features.is_empty() {

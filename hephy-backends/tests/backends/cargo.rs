@@ -189,3 +189,53 @@ async fn needs_a_binary_target() -> TestResult {
     insta::assert_snapshot!(err.to_string());
     Ok(())
 }
+
+#[tokio::test]
+async fn finds_the_binary_of_a_workspace_member() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path();
+    std::fs::write(
+        p.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"crates/*\"]\nresolver = \"2\"\n",
+    )?;
+    for (name, file) in [("core", "lib.rs"), ("server", "main.rs")] {
+        let d = p.join("crates").join(name);
+        std::fs::create_dir_all(d.join("src"))?;
+        std::fs::write(
+            d.join("Cargo.toml"),
+            format!("[package]\nname = \"app-{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+        )?;
+        std::fs::write(d.join("src").join(file), "fn main() {}\n")?;
+    }
+    let ctx = BuildContext::open(p)?;
+    let d = CargoBackend::new().detect(&ctx).await;
+    assert_eq!(
+        d.reason,
+        "found Cargo.toml with the binary app-server (package app-server)"
+    );
+    CargoBackend::new().check(&ctx, &[Platform::host()]).await?;
+
+    // A second binary makes the choice explicit.
+    let tools = p.join("crates/tools");
+    std::fs::create_dir_all(tools.join("src"))?;
+    std::fs::write(
+        tools.join("Cargo.toml"),
+        "[package]\nname = \"app-tools\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )?;
+    std::fs::write(tools.join("src/main.rs"), "fn main() {}\n")?;
+    let ctx = BuildContext::open(p)?;
+    let err = CargoBackend::new()
+        .check(&ctx, &[Platform::host()])
+        .await
+        .err()
+        .ok_or("two binaries in a workspace should need a choice")?;
+    insta::assert_snapshot!(err.to_string());
+    std::fs::write(
+        p.join("hephy.toml"),
+        "[build.cargo]\npackage = \"app-server\"\n",
+    )?;
+    CargoBackend::new()
+        .check(&BuildContext::open(p)?, &[Platform::host()])
+        .await?;
+    Ok(())
+}
