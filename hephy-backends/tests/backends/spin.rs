@@ -347,3 +347,44 @@ async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
     insta::assert_snapshot!("not_wasm", err.to_string());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_app_goes_through_the_pipeline() -> TestResult {
+    use std::sync::Arc;
+
+    use hephy_backends::{default_backends, OciLayoutPublisher};
+    use hephy_core::{Job, Pipeline};
+
+    let dir = spin_repo(true)?;
+    let work = tempfile::tempdir()?;
+    let mut builder = Pipeline::builder();
+    for b in default_backends() {
+        builder = builder.backend(b);
+    }
+    let pipeline = builder
+        .publisher(Arc::new(OciLayoutPublisher::new(
+            work.path().join("images"),
+        )))
+        .build()?;
+    let job = Job::context(
+        "hello-spin".parse()?,
+        ctx(dir.path())?,
+        work.path().join("work"),
+    );
+    let report = pipeline.run(job.with_tag("v1"), &Events::discard()).await?;
+    assert_eq!(report.backend, "spin");
+    assert!(
+        report
+            .published
+            .reference
+            .to_string()
+            .starts_with("hephy.local/hello-spin:v1@sha256:"),
+        "{}",
+        report.published.reference
+    );
+    assert!(
+        report.published.platforms.is_empty(),
+        "a Wasm artifact has no platform"
+    );
+    Ok(())
+}
