@@ -1,0 +1,3 @@
+module example.com/hephy-sample
+
+go 1.19

@@ -1,0 +1,85 @@
+//! The JSON bodies of the control API, shared by the server and the client.
+
+use hephy_core::{ConfigVars, Release};
+use serde::{Deserialize, Serialize};
+
+/// An app as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AppInfo {
+    /// The app's name.
+    pub name: String,
+    /// Users who may push to it (admins may push to every app).
+    pub users: Vec<String>,
+    /// The smart-HTTP remote.
+    pub git_http: String,
+    /// The SSH remote, when the server has SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_ssh: Option<String>,
+    /// Where the running app answers, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The current release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// `POST /api/v1/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateApp {
+    /// The new app's name.
+    pub name: String,
+}
+
+/// `POST /api/v1/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddKey {
+    /// An OpenSSH public key line.
+    pub key: String,
+}
+
+/// A registered public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// `SHA256:...`.
+    pub fingerprint: String,
+    /// The key's comment.
+    pub comment: String,
+}
+
+/// `POST /api/v1/apps/APP/rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// The release to roll back to, `vN`.
+    pub version: String,
+}
+
+/// `POST /api/v1/apps/APP/deploy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployImage {
+    /// A digest-pinned image reference.
+    pub image: String,
+}
+
+/// `GET /api/v1/apps/APP/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// The current release's config vars.
+    pub vars: ConfigVars,
+}
+
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The user's name.
+    pub user: String,
+    /// Whether the user is an admin.
+    pub admin: bool,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}

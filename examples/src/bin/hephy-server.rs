@@ -1,0 +1,200 @@
+//! `hephy-server`: the git push server, the pipeline, a publisher, a deployer and the control API
+//! in one process. A thin binary: every part is a library crate; this file only wires them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use hephy_core::{Deployer, Events, Pipeline, Publisher};
+use hephy_examples::{api, publisher, runtime};
+use hephy_git::auth::Accounts;
+use hephy_git::{GitServer, GitSource};
+
+#[derive(Parser)]
+#[command(name = "hephy-server", version, about = "git push to deploy: the hephy server")]
+struct Args {
+    /// Where repositories, images, releases and accounts are kept.
+    #[arg(long, env = "HEPHY_DATA_DIR", default_value = ".hephy-data")]
+    data_dir: PathBuf,
+    /// The address of git over smart HTTP and of the API.
+    #[arg(long, env = "HEPHY_HTTP_ADDR", default_value = "127.0.0.1:7080")]
+    http: SocketAddr,
+    /// The address of git over SSH.
+    #[arg(long, env = "HEPHY_SSH_ADDR", default_value = "127.0.0.1:2222")]
+    ssh: SocketAddr,
+    /// Serve no SSH.
+    #[arg(long)]
+    no_ssh: bool,
+    /// The address users reach the server at, for git remotes (default: http://HTTP).
+    #[arg(long, env = "HEPHY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Publish images to this registry (`host[:port][/prefix]`); default: an OCI layout in the data dir.
+    #[arg(long, env = "HEPHY_REGISTRY")]
+    registry: Option<String>,
+    /// Talk plain HTTP to the registry.
+    #[arg(long, env = "HEPHY_INSECURE_REGISTRY")]
+    insecure_registry: bool,
+    /// Registry user name (else Docker's config.json credentials, else anonymous).
+    #[arg(long, env = "HEPHY_REGISTRY_USER")]
+    registry_user: Option<String>,
+    /// Registry password or token.
+    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true)]
+    registry_password: Option<String>,
+    /// Where releases run.
+    #[arg(long, env = "HEPHY_DEPLOYER", value_enum, default_value_t = DeployerKind::Local)]
+    deployer: DeployerKind,
+    /// The Kubernetes namespace (with --deployer kubernetes or gitops).
+    #[arg(long, env = "HEPHY_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The GitOps repository (a path or URL, with --deployer gitops).
+    #[arg(long, env = "HEPHY_GITOPS_REPO")]
+    gitops_repo: Option<String>,
+    /// The branch whose pushes build and deploy.
+    #[arg(long, env = "HEPHY_DEPLOY_BRANCH", default_value = "main")]
+    deploy_branch: String,
+    /// The longest a build of one platform may take (hephy.toml's [build] timeout overrides it).
+    #[arg(long, env = "HEPHY_BUILD_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    build_timeout: Duration,
+    /// The largest push accepted, in bytes.
+    #[arg(long, env = "HEPHY_MAX_PUSH_BYTES", default_value_t = 2 << 30)]
+    max_push_bytes: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeployerKind {
+    /// Run releases on this machine with runc (the default).
+    Local,
+    /// Deploy to the Kubernetes cluster of the current kubeconfig.
+    Kubernetes,
+    /// Commit releases to a Flux GitOps repository.
+    Gitops,
+    /// Build and publish only.
+    None,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEPHY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hephy-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
+    let data = std::fs::canonicalize(&args.data_dir)?;
+    let accounts = Accounts::open(&data)?;
+    let admin_token = runtime::bootstrap_admin(&accounts, &data)?;
+
+    let log = Events::from_fn(|e| eprintln!("{}", e.render()));
+    let images = data.join("images");
+    let local = match args.deployer {
+        DeployerKind::Local => {
+            let registry = match &args.registry {
+                Some(r) => Some(publisher::options(
+                    r,
+                    args.insecure_registry,
+                    args.registry_user.as_deref(),
+                    args.registry_password.as_deref(),
+                )?),
+                None => None,
+            };
+            Some(runtime::local_deployer(&data, &images, registry, &log).await?)
+        }
+        _ => None,
+    };
+    let deployer: Option<Arc<dyn Deployer>> = match args.deployer {
+        DeployerKind::Local => local.clone().map(|l| l as Arc<dyn Deployer>),
+        DeployerKind::Kubernetes => Some(runtime::kubernetes_deployer(&args.namespace).await?),
+        DeployerKind::Gitops => {
+            let repo = args
+                .gitops_repo
+                .as_deref()
+                .ok_or("--deployer gitops needs --gitops-repo PATH_OR_URL")?;
+            Some(runtime::gitops_deployer(&data, repo, &args.namespace)?)
+        }
+        DeployerKind::None => None,
+    };
+
+    let publisher: Arc<dyn Publisher> = match &args.registry {
+        Some(r) => publisher::registry(
+            r,
+            args.insecure_registry,
+            args.registry_user.as_deref(),
+            args.registry_password.as_deref(),
+        )?,
+        None => Arc::new(hephy_backends::OciLayoutPublisher::new(&images)),
+    };
+
+    let mut pipeline = Pipeline::builder()
+        .source(Arc::new(GitSource::new(&data)))
+        .publisher(publisher);
+    for b in hephy_backends::default_backends() {
+        pipeline = pipeline.backend(b);
+    }
+    if let Some(d) = &deployer {
+        pipeline = pipeline.deployer(d.clone());
+    }
+    let pipeline = Arc::new(pipeline.build()?);
+
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.http));
+    let url_runtime = local.clone();
+    let git = GitServer::builder(&data)
+        .pipeline(pipeline)
+        .accounts(accounts.clone())
+        .deploy_branch(args.deploy_branch.clone())
+        .build_timeout(args.build_timeout)
+        .max_push_bytes(args.max_push_bytes)
+        .url_hook(move |app, _| url_runtime.as_ref().and_then(|r| r.url_now(app)))
+        .build()?;
+
+    let mut state = api::ApiState::new(git.clone(), accounts.clone(), public_url.clone());
+    if let Some(d) = &deployer {
+        state = state.with_deployer(d.clone());
+    }
+    if let Some(l) = &local {
+        state = state.with_runtime(l.clone().as_api());
+    }
+    if !args.no_ssh {
+        state = state.with_ssh(format!("ssh://git@{}", args.ssh));
+    }
+    let app = git.http_router().merge(api::router(state));
+
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}; choose another with --http", args.http))?;
+    let ssh = if args.no_ssh {
+        None
+    } else {
+        let l = tokio::net::TcpListener::bind(args.ssh)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}; choose another with --ssh, or --no-ssh", args.ssh))?;
+        let server = hephy_git::ssh::SshServer::new(git.clone(), accounts.clone(), data.join("ssh_host_ed25519_key"))?;
+        Some(tokio::spawn(async move { server.run(l).await }))
+    };
+
+    runtime::print_next_steps(&public_url, (!args.no_ssh).then_some(args.ssh), &data, admin_token.as_deref());
+
+    let serve = axum::serve(http, app).with_graceful_shutdown(runtime::shutdown_signal());
+    serve.await?;
+    if let Some(s) = ssh {
+        s.abort();
+    }
+    if let Some(l) = local {
+        l.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `hephy build` and `hephy check`: the server's pipeline, run on the current checkout (for CI).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hephy_core::{AppName, BuildContext, Events, Job, Pipeline, Platform, Publisher, Revision};
+
+use crate::cli::Style;
+
+/// Flags of `hephy build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The checkout to build.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Platforms to build for, overriding hephy.toml (repeat the flag).
+    #[arg(long = "platform")]
+    pub platforms: Vec<Platform>,
+    /// Publish to this registry (`host[:port][/prefix]`); without it, into an OCI layout.
+    #[arg(long, env = "HEPHY_REGISTRY")]
+    pub registry: Option<String>,
+    /// Talk plain HTTP to the registry (only for registries on a trusted network).
+    #[arg(long, env = "HEPHY_INSECURE_REGISTRY")]
+    pub insecure_registry: bool,
+    /// Registry user name (else Docker's config.json credentials, else anonymous).
+    #[arg(long, env = "HEPHY_REGISTRY_USER")]
+    pub registry_user: Option<String>,
+    /// Registry password or token.
+    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+    /// The OCI layout directory to publish into when no registry is given.
+    #[arg(long, default_value = ".hephy/images")]
+    pub layout: PathBuf,
+    /// The tag (default: git-<short commit>, as the server tags pushes).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Write the published, digest-pinned reference to this file (for `hephy deploy --image`).
+    #[arg(long)]
+    pub image_file: Option<PathBuf>,
+}
+
+/// Flags of `hephy check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The checkout to explain.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The committed tree of `HEAD` in `dir`, written to `dest` exactly as the server's source would
+/// write a pushed commit (so `hephy build` gives the server's digest), and its revision. `None`
+/// when `dir` is not a git checkout.
+pub fn checkout_head(dir: &Path, dest: &Path) -> Result<Option<Revision>> {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--verify", "HEAD^{commit}"]) else {
+        return Ok(None);
+    };
+    let archive = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["archive", "--format=tar", &commit])
+        .output()
+        .map_err(|e| format!("cannot run git archive: {e}"))?;
+    if !archive.status.success() {
+        return Err(format!("git archive failed: {}", String::from_utf8_lossy(&archive.stderr)).into());
+    }
+    std::fs::create_dir_all(dest)?;
+    tar::Archive::new(archive.stdout.as_slice()).unpack(dest)?;
+    let time = git(&["log", "-1", "--format=%ct", &commit])
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+    let mut rev = Revision::new(commit.clone())
+        .with_ref_name(git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_default())
+        .with_author(git(&["log", "-1", "--format=%an <%ae>", &commit]).unwrap_or_default())
+        .with_message(git(&["log", "-1", "--format=%B", &commit]).unwrap_or_default());
+    if let Some(t) = time {
+        rev = rev.with_time(t);
+    }
+    Ok(Some(rev))
+}
+
+/// Runs `hephy build`.
+pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result {
+    let app: AppName = match app {
+        Some(a) => a.parse()?,
+        None => crate::cli::resolve_app(None).or_else(|_| crate::cli::app_from_dir())?,
+    };
+    let work = tempfile::Builder::new().prefix("hephy-build-").tempdir()?;
+    let src = work.path().join("source");
+    let mut ctx = match checkout_head(&args.dir, &src)? {
+        Some(rev) => BuildContext::open(&src)?.with_revision(rev),
+        None => {
+            eprintln!("{}", style.event_line(" !     not a git checkout: building the directory as it is"));
+            BuildContext::open(&args.dir)?
+        }
+    };
+    if !args.platforms.is_empty() {
+        ctx.config_mut().build.platforms = args.platforms.clone();
+    }
+    let publisher: Arc<dyn Publisher> = match &args.registry {
+        Some(registry) => crate::publisher::registry(
+            registry,
+            args.insecure_registry,
+            args.registry_user.as_deref(),
+            args.registry_password.as_deref(),
+        )?,
+        None => Arc::new(hephy_backends::OciLayoutPublisher::new(&args.layout)),
+    };
+    let mut builder = Pipeline::builder().publisher(publisher);
+    for b in hephy_backends::default_backends() {
+        builder = builder.backend(b);
+    }
+    let pipeline = builder.build()?;
+    let mut job = Job::context(app, ctx, work.path().join("work")).publish_only();
+    if let Some(t) = &args.tag {
+        job = job.with_tag(t.clone());
+    }
+    let s = *style;
+    let events = Events::from_fn(move |e| eprintln!("{}", s.event_line(&e.render())));
+    let report = pipeline.run(job, &events).await?;
+    let reference = report.published.reference.to_string();
+    println!("{reference}");
+    if let Some(f) = &args.image_file {
+        std::fs::write(f, format!("{reference}\n"))?;
+    }
+    Ok(())
+}
+
+/// Runs `hephy check`.
+pub async fn check(args: CheckArgs, style: &Style) -> Result {
+    let ctx = BuildContext::open(&args.dir)?;
+    let backends = hephy_backends::default_backends();
+    let explanation = hephy_backends::check::explain(&ctx, &backends).await;
+    print!("{explanation}");
+    if explanation.ok() {
+        println!("{}", style.ok("ok: a push would build"));
+        Ok(())
+    } else {
+        Err("this repository would not build; see above".into())
+    }
+}

@@ -1,0 +1,190 @@
+//! Starting a hephy-server, running the CLI and git, and a small HTTP client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Result;
+
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A hephy-server process with its own data dir, killed on drop.
+pub struct Server {
+    child: Child,
+    pub http: SocketAddr,
+    pub ssh: SocketAddr,
+    pub data: PathBuf,
+    pub token: String,
+    log: PathBuf,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Result<Server> {
+        let data = dir.join("data");
+        let (http, ssh) = (free_addr()?, free_addr()?);
+        let log = dir.join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_hephy-server"))
+            .args(["--data-dir".as_ref(), data.as_os_str()])
+            .args(["--http", &http.to_string(), "--ssh", &ssh.to_string()])
+            .args(extra)
+            .env("HOME", dir)
+            .env("GOPROXY", "off")
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(dir.join("server.err.log"))?)
+            .spawn()?;
+        let mut server = Server {
+            child,
+            http,
+            ssh,
+            data,
+            token: String::new(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(server.data.join("admin-token")) {
+                if !t.trim().is_empty() && TcpStream::connect(http).is_ok() {
+                    server.token = t.trim().to_owned();
+                    break;
+                }
+            }
+            if let Some(status) = server.child.try_wait()? {
+                return Err(format!("hephy-server exited with {status}:\n{}", server.logs()).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("hephy-server did not start:\n{}", server.logs()).into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn logs(&self) -> String {
+        let err = self.log.with_file_name("server.err.log");
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(err).unwrap_or_default()
+        )
+    }
+
+    /// Stops the server as a crash would (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A clean stop lets the local deployer stop its router; containers are cleaned below.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        // Remove the containers this server's apps ran (test apps are named e2e-*).
+        for id in list_containers() {
+            if id.starts_with("hephy-e2e") {
+                let _ = Command::new("runc").args(["delete", "-f", &id]).status();
+            }
+        }
+    }
+}
+
+fn list_containers() -> Vec<String> {
+    Command::new("runc")
+        .args(["list", "-q"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Runs a command, failing with its output when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed with {}:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+/// The `hephy` CLI with its settings under `home`.
+pub fn hephy(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hephy"));
+    c.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("NO_COLOR", "1")
+        .env("GOPROXY", "off")
+        .env_remove("HEPHY_URL")
+        .env_remove("HEPHY_TOKEN")
+        .env_remove("HEPHY_APP")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .stdin(Stdio::null());
+    c
+}
+
+/// A plain HTTP/1.0 GET; the body on 200.
+pub fn get(url: &str) -> std::result::Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or("not http")?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_owned()),
+    };
+    let mut s = TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let (head, body) = buf.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {buf:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("answer: {head}"));
+    }
+    Ok(body.trim().to_owned())
+}
+
+/// Waits until `url` answers `want`.
+pub fn wait_for(url: &str, want: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match get(url) {
+            Ok(b) if b == want => return Ok(()),
+            Ok(b) => last = b,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("{url} never answered {want:?}; last: {last:?}").into())
+}
