@@ -4,7 +4,8 @@
 //! `[build.files]` keys: `dir` (relative to the context; default the whole context less `.git`
 //! and `hephy.toml`), `dest` (where it goes in the image, default `/app`), `entrypoint` and `cmd`
 //! (lists), `env` (table), `user` (default `65532`), `workdir` (default `dest`), `base` (see
-//! [`BaseImage`]; `"scratch"` for no base at all), and `split` (default true: large trees are
+//! [`BaseImage`]; `"scratch"` for no base at all), `compression` (`"gzip"`, the default, or
+//! `"zstd"`, optionally with `:LEVEL`), and `split` (default true: large trees are
 //! split into several layers so a change re-uploads little, see
 //! [`plan_layers`](crate::layer::plan_layers)). `PORT` is set from `[deploy] port`.
 
@@ -19,7 +20,7 @@ use serde::Deserialize;
 
 use crate::base::{BaseImage, APP_UID};
 use crate::image::{ImageBuilder, WrittenImage};
-use crate::layer::SplitOptions;
+use crate::layer::{Compression, SplitOptions};
 use crate::layout::OciLayout;
 use crate::registry::RegistryOptions;
 
@@ -46,6 +47,8 @@ pub struct FilesSettings {
     pub base: BaseImage,
     /// Whether to split large trees into several layers.
     pub split: bool,
+    /// Layer compression: `"gzip"` (default, level 1), `"gzip:LEVEL"`, `"zstd"`, `"zstd:LEVEL"`.
+    pub compression: Compression,
 }
 
 impl Default for FilesSettings {
@@ -60,6 +63,7 @@ impl Default for FilesSettings {
             workdir: None,
             base: BaseImage::Default,
             split: true,
+            compression: Compression::default(),
         }
     }
 }
@@ -160,6 +164,7 @@ async fn build_files_image(
         .await?;
     let mut image = ImageBuilder::for_context(ctx, platform.clone())
         .base(base)
+        .compression(settings.compression)
         .dir_filtered(
             source_dir,
             dest.clone(),

@@ -12,7 +12,8 @@
 //!
 //! `[build.go]` keys: `main` (package to build, default `"."`), `ldflags`, `tags` (list),
 //! `data` (directory, relative to the context), `toolchain` (path to `go`), `base` (see
-//! [`BaseImage`]). Compiled packages are cached in `$XDG_CACHE_HOME/hephy/go-build` (or
+//! [`BaseImage`]), `compression` (`"gzip"`, the default, or `"zstd"`, optionally `:LEVEL`).
+//! Compiled packages are cached in `$XDG_CACHE_HOME/hephy/go-build` (or
 //! `~/.cache/hephy/go-build`) across builds; `GOPROXY`, `GOFLAGS` and the rest of the environment
 //! pass through, and `[build] env` is added.
 
@@ -27,7 +28,7 @@ use serde::Deserialize;
 use crate::base::{BaseImage, APP_UID};
 use crate::exec;
 use crate::image::ImageBuilder;
-use crate::layer::Entry;
+use crate::layer::{Compression, Entry};
 use crate::layout::OciLayout;
 use crate::registry::RegistryOptions;
 
@@ -57,6 +58,9 @@ pub struct GoSettings {
     /// The base image.
     #[serde(default)]
     pub base: BaseImage,
+    /// Layer compression: `"gzip"` (default, level 1), `"gzip:LEVEL"`, `"zstd"`, `"zstd:LEVEL"`.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 /// Builds Go apps (backend name `"go"`), detected by `go.mod`.
@@ -242,7 +246,11 @@ impl Backend for GoBackend {
             .await
             .ok()
             .and_then(|t| module_path(&t));
-        let main = s.main.clone().unwrap_or_else(|| ".".to_owned());
+        let mut main = s.main.clone().unwrap_or_else(|| ".".to_owned());
+        if !main.starts_with('.') && !main.starts_with('/') && ctx.dir().join(&main).is_dir() {
+            // `cmd/server` would be read as an import path; the user means the directory.
+            main = format!("./{main}");
+        }
         let name = binary_name(module.as_deref(), &main);
         let work = target.out_dir.join(".hephy-go");
         tokio::fs::create_dir_all(&work)
@@ -305,6 +313,7 @@ impl Backend for GoBackend {
         let port = ctx.config().deploy.port;
         let mut image = ImageBuilder::for_context(ctx, target.platform.clone())
             .base(base)
+            .compression(s.compression)
             .entries(vec![Entry::file(format!("app/{name}"), &bin, size, true)])
             .entrypoint([format!("/app/{name}")])
             .env("PORT", port.to_string())

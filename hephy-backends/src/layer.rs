@@ -10,6 +10,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,6 +38,42 @@ pub enum Compression {
     /// gzip at level 1.
     #[default]
     GzipFast,
+}
+
+/// The error returned by [`Compression::from_str`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid compression {input:?}: write \"gzip\", \"gzip:LEVEL\" (1-9), \"zstd\" or \"zstd:LEVEL\" (1-22)")]
+pub struct CompressionError {
+    input: String,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = CompressionError;
+
+    /// `gzip` (level 1), `gzip:LEVEL`, `zstd` (level 3) or `zstd:LEVEL`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CompressionError {
+            input: s.to_owned(),
+        };
+        let (name, level) = match s.trim().split_once(':') {
+            Some((n, l)) => (n, Some(l.parse::<i32>().map_err(|_| err())?)),
+            None => (s.trim(), None),
+        };
+        match (name, level) {
+            ("gzip", None) => Ok(Compression::GzipFast),
+            ("gzip", Some(l)) if (1..=9).contains(&l) => Ok(Compression::Gzip { level: l as u32 }),
+            ("zstd", None) => Ok(Compression::Zstd { level: 3 }),
+            ("zstd", Some(l)) if (1..=22).contains(&l) => Ok(Compression::Zstd { level: l }),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Compression {
@@ -489,22 +526,31 @@ pub fn write_layer(
     entries: &[Entry],
     opts: &LayerOptions,
 ) -> Result<Layer, LayerError> {
+    write_layer_until(layout, entries, opts, &AtomicBool::new(false))
+}
+
+fn write_layer_until(
+    layout: &OciLayout,
+    entries: &[Entry],
+    opts: &LayerOptions,
+    cancel: &AtomicBool,
+) -> Result<Layer, LayerError> {
     let blob = layout.blob_writer()?;
     let io_err = |e: io::Error| LayerError::Layout(LayoutError::io("write", layout.root(), e));
     let (blob, diff_hex, uncompressed) = match opts.compression {
         Compression::Zstd { level } => {
             let enc = zstd::Encoder::new(blob, level).map_err(io_err)?;
-            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts)?;
+            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts, cancel)?;
             (enc.finish().map_err(io_err)?, hex, n)
         }
         Compression::Gzip { level } => {
             let enc = flate2::GzBuilder::new().write(blob, flate2::Compression::new(level.min(9)));
-            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts)?;
+            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts, cancel)?;
             (enc.finish().map_err(io_err)?, hex, n)
         }
         Compression::GzipFast => {
             let enc = flate2::GzBuilder::new().write(blob, flate2::Compression::fast());
-            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts)?;
+            let (enc, hex, n) = write_tar(HashingWriter::new(enc), entries, opts, cancel)?;
             (enc.finish().map_err(io_err)?, hex, n)
         }
     };
@@ -530,6 +576,7 @@ fn write_tar<W: Write>(
     w: HashingWriter<W>,
     entries: &[Entry],
     opts: &LayerOptions,
+    cancel: &AtomicBool,
 ) -> Result<(W, String, u64), LayerError> {
     let mut tar = tar::Builder::new(w);
     tar.mode(tar::HeaderMode::Deterministic);
@@ -538,6 +585,9 @@ fn write_tar<W: Write>(
         source: e,
     };
     for e in entries {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(LayerError::Task("cancelled".to_owned()));
+        }
         let mut h = tar_header(e, opts);
         match &e.kind {
             EntryKind::Dir => {
@@ -603,20 +653,37 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-/// Writes several layers at once, one blocking task each (compression is the costly part and
-/// layers are independent, so this uses every core). The result keeps the order of `layers`.
+/// Writes several layers at once on blocking threads, as many at a time as there are cores
+/// (compression is the costly part and layers are independent). The result keeps the order of
+/// `layers`. Dropping the future stops the layers being written at their next entry.
 pub async fn write_layers(
     layout: &OciLayout,
     layers: Vec<Vec<Entry>>,
     opts: LayerOptions,
 ) -> Result<Vec<Layer>, LayerError> {
-    let tasks: Vec<_> = layers
-        .into_iter()
-        .map(|entries| {
-            let layout = layout.clone();
-            tokio::task::spawn_blocking(move || write_layer(&layout, &entries, &opts))
-        })
-        .collect();
+    struct CancelOnDrop(Arc<AtomicBool>);
+    impl Drop for CancelOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let permits = Arc::new(tokio::sync::Semaphore::new(cores));
+    let mut tasks = Vec::with_capacity(layers.len());
+    for entries in layers {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))?;
+        let layout = layout.clone();
+        let flag = cancel.0.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            write_layer_until(&layout, &entries, &opts, &flag)
+        }));
+    }
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         out.push(t.await.map_err(|e| LayerError::Task(e.to_string()))??);

@@ -212,3 +212,94 @@ async fn base_image_from_a_registry_and_from_a_layout() -> Result {
     }
     Ok(())
 }
+
+/// A tiny image on no base, fixed time: its manifest and config are byte-for-byte the same on
+/// every machine, so they are snapshotted whole, digests included.
+#[tokio::test]
+async fn manifest_and_config_snapshot() -> Result {
+    use hephy_backends::files::FilesSettings;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("d");
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::write(dir.join("bin/hello"), "#!/bin/sh\necho hello\n")?;
+    std::fs::set_permissions(
+        dir.join("bin/hello"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    std::fs::write(dir.join("README"), "hello\n")?;
+    let config = AppConfig::from_toml(
+        "hephy.toml",
+        "[build.files]\nbase = \"scratch\"\nentrypoint = [\"/app/bin/hello\"]\n",
+    )?;
+    let ctx = BuildContext::new(&dir, config)
+        .with_revision(hephy_core::Revision::new(
+            "89abcdef0123456789abcdef0123456789abcdef",
+        ))
+        .with_source_date_epoch(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000),
+        );
+    let settings: FilesSettings = ctx.config().build.backend_settings("files")?;
+    let written = FilesBackend::new()
+        .build_image(
+            &ctx,
+            &settings,
+            &Platform::linux_arm64(),
+            &tmp.path().join("out"),
+        )
+        .await?;
+    let layout = OciLayout::open(tmp.path().join("out"))?;
+    let manifest: serde_json::Value = layout.read_json(&written.digest)?;
+    let config: serde_json::Value = layout.read_json(&written.config)?;
+    insta::assert_snapshot!("files_manifest", serde_json::to_string_pretty(&manifest)?);
+    insta::assert_snapshot!("files_config", serde_json::to_string_pretty(&config)?);
+    insta::assert_snapshot!("files_manifest_digest", written.digest.to_string());
+    Ok(())
+}
+
+#[tokio::test]
+async fn zstd_layers_on_request() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("d");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("a.txt"), "a".repeat(10_000))?;
+    std::fs::write(
+        dir.join("hephy.toml"),
+        "[build.files]\ncompression = \"zstd:5\"\n",
+    )?;
+    let ctx = BuildContext::open(&dir)?;
+    let settings: hephy_backends::files::FilesSettings =
+        ctx.config().build.backend_settings("files")?;
+    let written = FilesBackend::new()
+        .build_image(
+            &ctx,
+            &settings,
+            &Platform::linux_amd64(),
+            &tmp.path().join("out"),
+        )
+        .await?;
+    assert_eq!(written.new_layers.len(), 1);
+    let layer = &written.new_layers[0];
+    assert_eq!(
+        layer.media_type.to_string(),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    let blob = std::fs::read(OciLayout::open(tmp.path().join("out"))?.blob_path(&layer.digest))?;
+    let tar_bytes = zstd::decode_all(&blob[..])?;
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries()? {
+        names.push(e?.path()?.to_string_lossy().into_owned());
+    }
+    assert_eq!(names, ["app/", "app/a.txt"]);
+
+    let bad = AppConfig::from_toml("hephy.toml", "[build.files]\ncompression = \"lz4\"\n")?;
+    let err = bad
+        .build
+        .backend_settings::<hephy_backends::files::FilesSettings>("files")
+        .err()
+        .ok_or("lz4 accepted")?;
+    assert!(
+        err.to_string().contains("invalid compression \"lz4\""),
+        "{err}"
+    );
+    Ok(())
+}
