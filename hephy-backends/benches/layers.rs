@@ -1,6 +1,9 @@
 //! Layer writing: tar + compress + sha256 of a generated tree, gzip and zstd, one layer and the
 //! same tree split into parallel layers.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 

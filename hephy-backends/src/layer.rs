@@ -40,7 +40,7 @@ pub enum Compression {
     GzipFast,
 }
 
-/// The error returned by [`Compression::from_str`].
+/// The error returned when parsing a [`Compression`] from text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid compression {input:?}: write \"gzip\", \"gzip:LEVEL\" (1-9), \"zstd\" or \"zstd:LEVEL\" (1-22)")]
 pub struct CompressionError {

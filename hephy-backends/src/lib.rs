@@ -1,4 +1,4 @@
-//! Daemonless image building and publishing for hephy: the [`Backend`](hephy_core::Backend)s
+//! Daemonless image building and publishing for hephy: the [`Backend`]s
 //! that turn a build context into OCI images, and the [`Publisher`](hephy_core::Publisher)s that
 //! put them in registries or OCI layouts on disk.
 //!

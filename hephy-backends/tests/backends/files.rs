@@ -56,6 +56,24 @@ async fn files_image_unpacks_with_the_right_modes() -> Result {
     assert_eq!(report.backend, "files");
     assert!(!report.published.is_index);
 
+    // Publishing the same build again copies no blob.
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let events = Events::from_fn(move |e| {
+        if let Ok(mut l) = sink.lock() {
+            l.push(e.render());
+        }
+    });
+    let job = Job::context(
+        "site".parse()?,
+        BuildContext::open(&app)?,
+        tmp.path().join("work2"),
+    );
+    let again = pipeline.run(job.with_tag("v1"), &events).await?;
+    assert_eq!(again.published.digest, report.published.digest);
+    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    assert!(log.contains("0 blobs copied"), "{log}");
+
     let layout = OciLayout::open(tmp.path().join("images/hephy.local/site"))?;
     let bundle = tmp.path().join("bundle");
     umoci_unpack(layout.root(), "v1", &bundle)?;
