@@ -619,15 +619,15 @@ fn parse_key_line(line: &str) -> Result<PublicKey, AuthError> {
             problem: "the text is empty".to_owned(),
         });
     }
-    if line.lines().count() > 1 {
-        return Err(AuthError::InvalidKey {
-            problem: "the text has more than one line; add one key at a time".to_owned(),
-        });
-    }
     if line.contains("PRIVATE KEY") {
         return Err(AuthError::InvalidKey {
             problem: "this is a private key: never share it, pass the matching .pub file instead"
                 .to_owned(),
+        });
+    }
+    if line.lines().count() > 1 {
+        return Err(AuthError::InvalidKey {
+            problem: "the text has more than one line; add one key at a time".to_owned(),
         });
     }
     PublicKey::from_openssh(line).map_err(|e| AuthError::InvalidKey {
