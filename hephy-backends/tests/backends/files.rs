@@ -321,3 +321,28 @@ async fn zstd_layers_on_request() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_symlink_out_of_the_context_fails_the_build() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("d");
+    std::fs::create_dir_all(&dir)?;
+    std::os::unix::fs::symlink("../../secret", dir.join("leak"))?;
+    let ctx = BuildContext::new(&dir, AppConfig::default());
+    let target = hephy_core::BuildTarget::new(Platform::linux_amd64(), tmp.path().join("out"));
+    let err = FilesBackend::new()
+        .build(&ctx, &target, &Events::discard())
+        .await
+        .err()
+        .ok_or("an escaping symlink was shipped")?;
+    assert!(
+        matches!(err, hephy_core::BuildError::InvalidContext { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("symlink leak points to \"../../secret\", outside the build context"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -177,3 +177,54 @@ fn changing_one_file_changes_one_small_layer() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn long_names_and_link_targets_survive() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("ctx");
+    let deep = (0..6)
+        .map(|i| format!("directory-with-a-long-name-{i}"))
+        .collect::<Vec<_>>()
+        .join("/");
+    std::fs::create_dir_all(root.join(&deep))?;
+    std::fs::write(root.join(&deep).join("file-with-a-long-name.txt"), "deep\n")?;
+    std::os::unix::fs::symlink(
+        format!("{deep}/file-with-a-long-name.txt"),
+        root.join("link"),
+    )?;
+    let layout = OciLayout::create(tmp.path().join("l"))?;
+    let layer = write_layer(
+        &layout,
+        &scan_dir(&root, "", &no_skip)?,
+        &LayerOptions::default(),
+    )?;
+    let blob = std::fs::read(layout.blob_path(&layer.digest))?;
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&blob[..]).read_to_end(&mut tar_bytes)?;
+    let mut found = (false, false);
+    for e in tar::Archive::new(&tar_bytes[..]).entries()? {
+        let mut e = e?;
+        let path = e.path()?.to_string_lossy().into_owned();
+        if path == format!("{deep}/file-with-a-long-name.txt") {
+            let mut s = String::new();
+            e.read_to_string(&mut s)?;
+            assert_eq!(s, "deep\n");
+            found.0 = true;
+        }
+        if path == "link" {
+            let target = e
+                .link_name()?
+                .ok_or("no link target")?
+                .to_string_lossy()
+                .into_owned();
+            assert_eq!(target, format!("{deep}/file-with-a-long-name.txt"));
+            found.1 = true;
+        }
+    }
+    assert_eq!(
+        found,
+        (true, true),
+        "the long path and the long link are in the layer"
+    );
+    Ok(())
+}
