@@ -228,3 +228,39 @@ fn long_names_and_link_targets_survive() -> Result {
     );
     Ok(())
 }
+
+fn peak_rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or("no VmHWM")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmHWM")?.parse()?)
+}
+
+/// A 256 MiB file goes through tar, gzip and both hashes without the process growing by more
+/// than a small fraction of it: the layer streams from disk to disk.
+#[test]
+fn memory_does_not_grow_with_the_layer() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("ctx");
+    std::fs::create_dir_all(&root)?;
+    // Sparse: costs no disk, reads as zeros.
+    std::fs::File::create(root.join("big.bin"))?.set_len(256 << 20)?;
+    // Reset the peak so earlier tests in this process do not count.
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let before = peak_rss_kib()?;
+    let layout = OciLayout::create(tmp.path().join("l"))?;
+    let layer = write_layer(
+        &layout,
+        &scan_dir(&root, "", &no_skip)?,
+        &LayerOptions::default(),
+    )?;
+    let grown = peak_rss_kib()?.saturating_sub(before);
+    assert!(layer.uncompressed_size > 256 << 20);
+    assert!(
+        grown < 64 * 1024,
+        "writing a 256 MiB layer grew the process by {grown} KiB"
+    );
+    Ok(())
+}
