@@ -202,6 +202,16 @@ fn toolchain(s: &GoSettings, ctx: &BuildContext) -> Result<PathBuf, BuildError> 
     }
 }
 
+fn on_path(program: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 #[async_trait]
 impl Backend for GoBackend {
     fn name(&self) -> &str {
@@ -229,7 +239,13 @@ impl Backend for GoBackend {
         for p in platforms {
             goarch(p)?;
         }
-        toolchain(&s, ctx)?;
+        let go = toolchain(&s, ctx)?;
+        if go.components().count() == 1 && !on_path(&go) {
+            return Err(BuildError::ToolMissing {
+                tool: go.display().to_string(),
+                hint: INSTALL_HINT.to_owned(),
+            });
+        }
         Ok(())
     }
 

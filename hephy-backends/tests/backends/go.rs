@@ -159,6 +159,7 @@ async fn multi_arch_image_runs_under_qemu_and_runc_and_is_reproducible() -> Resu
     let mut child = tokio::process::Command::new("qemu-aarch64-static")
         .arg(&binary)
         .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
     let reply = http_get(port).await?;
@@ -191,6 +192,7 @@ async fn multi_arch_image_runs_under_qemu_and_runc_and_is_reproducible() -> Resu
         .arg(&amd)
         .arg(&id)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
     let reply = http_get(port).await;
@@ -262,8 +264,17 @@ async fn missing_go_names_what_to_install() -> Result {
         msg.contains("apt-get install golang-go") && msg.contains("[build.go] toolchain"),
         "{msg}"
     );
-    // A name on PATH that does not exist gives the same hint.
+    // A name on PATH that does not exist gives the same hint, from the check before any build.
     let ctx = context(&fixture(), "toolchain = \"no-such-go-binary\"")?;
+    let err = backend()
+        .check(&ctx, &[Platform::linux_amd64()])
+        .await
+        .err()
+        .ok_or("the check passed without go")?;
+    assert!(
+        err.to_string().contains("apt-get install golang-go"),
+        "{err}"
+    );
     let err = backend()
         .build(&ctx, &target, &Events::discard())
         .await
