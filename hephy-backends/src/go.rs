@@ -303,6 +303,12 @@ impl Backend for GoBackend {
             Some(v) => cmd.env("GOARM", v),
             None => cmd.env_remove("GOARM"),
         };
+        if std::env::var_os("GOTOOLCHAIN").is_none()
+            && !ctx.config().build.env.contains_key("GOTOOLCHAIN")
+        {
+            // Go 1.21+ would otherwise download the toolchain a go.mod asks for, mid-build.
+            cmd.env("GOTOOLCHAIN", "local");
+        }
         if std::env::var_os("HOME").is_none() && std::env::var_os("GOPATH").is_none() {
             // Go refuses to run without a GOPATH, which it derives from HOME.
             cmd.env("GOPATH", cache.with_file_name("gopath"));

@@ -236,6 +236,7 @@ async fn compile_error_fails_with_the_compiler_lines() -> Result {
     let BuildError::Failed { message } = &err else {
         return Err(format!("expected BuildError::Failed, got {err:?}").into());
     };
+    insta::assert_snapshot!("go_compile_error", message);
     assert!(
         message.contains("main.go:4:2: undefined: undefinedThing"),
         "{message}"
@@ -260,6 +261,7 @@ async fn missing_go_names_what_to_install() -> Result {
         .ok_or("built without go")?;
     assert!(matches!(err, BuildError::ToolMissing { .. }), "{err:?}");
     let msg = err.to_string();
+    insta::assert_snapshot!("go_missing_toolchain", msg);
     assert!(
         msg.contains("apt-get install golang-go") && msg.contains("[build.go] toolchain"),
         "{msg}"
