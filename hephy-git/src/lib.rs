@@ -1,1 +1,52 @@
-//! hephy-git: under construction.
+//! The git side of hephy: `git push` over smart HTTP and SSH into one bare repository per app,
+//! with the pipeline run before the deploy branch moves and its logs streamed to the pusher.
+//!
+//! [`GitServer`] implements the server side of `git push` (receive-pack, protocol v0/v1) on
+//! gitoxide's building blocks: gix-packetline for pkt-lines and side-band, gix-pack to index
+//! the received pack (completing thin packs from the repository), gix-ref transactions for
+//! compare-and-swap ref updates. No `git` binary is needed at run time. [`GitSource`] is the
+//! [`hephy_core::Source`] that checks a pushed commit out for the build.
+//!
+//! This crate is not for fetching or cloning (apps keep their code in their own git host) and
+//! not for building or deploying: it hands the pushed revision to a [`hephy_core::Pipeline`].
+//!
+//! # Example
+//!
+//! A server without a pipeline (pushes only move refs), served over HTTP on a free port:
+//!
+//! ```
+//! use hephy_git::GitServer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let data = tempfile::tempdir()?;
+//! let server = GitServer::builder(data.path()).deploy_branch("main").build()?;
+//! server.create_app(&"hello".parse()?, "alice")?;
+//! assert_eq!(server.apps()?.len(), 1);
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("http://{}/hello.git", listener.local_addr()?);
+//! let http = tokio::spawn(async move { axum::serve(listener, server.http_router()).await });
+//! // `git push {url} main` now pushes to the app.
+//! # let _ = url;
+//! http.abort();
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod ssh;
+mod http;
+mod lock;
+mod receive;
+mod repo;
+mod server;
+mod source;
+
+pub use lock::{LockError, LockHolder};
+pub use receive::ReceiveError;
+pub use repo::{repo_path, RepoPathError};
+pub use server::{
+    AppError, GitServer, GitServerBuilder, ServerBuildError, UrlHook, DEFAULT_KEEPALIVE,
+    DEFAULT_MAX_PUSH_BYTES,
+};
+pub use source::GitSource;

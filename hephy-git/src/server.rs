@@ -373,10 +373,16 @@ impl GitServer {
     }
 
     /// The ref advertisement of `app` as pkt-lines (after the `# service=` header of smart
-    /// HTTP), starting with `version 1` when `version1`.
+    /// HTTP), starting with `version 1` when `version1`; while another push to the app runs, an
+    /// `ERR` line saying so.
     pub fn advertisement(&self, user: &User, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
         receive::authorize(&self.inner, user, app)?;
-        receive::advertise(&self.inner, app, version1)
+        receive::advertise_unless_busy(&self.inner, app, version1)
+    }
+
+    /// Where the last build of `app` wrote its log, line by line as the pusher saw it.
+    pub fn build_log_path(&self, app: &AppName) -> PathBuf {
+        crate::receive::build_log_path(&self.inner.data_dir, app)
     }
 
     /// The smart HTTP router: `GET /APP.git/info/refs?service=git-receive-pack` and

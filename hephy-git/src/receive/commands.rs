@@ -20,7 +20,6 @@ pub(crate) struct Capabilities {
     pub(crate) report_status: bool,
     pub(crate) side_band_64k: bool,
     pub(crate) side_band: bool,
-    pub(crate) delete_refs: bool,
     pub(crate) quiet: bool,
     pub(crate) atomic: bool,
     pub(crate) push_options: bool,
@@ -35,11 +34,11 @@ impl Capabilities {
                 "report-status" => caps.report_status = true,
                 "side-band-64k" => caps.side_band_64k = true,
                 "side-band" => caps.side_band = true,
-                "delete-refs" => caps.delete_refs = true,
                 "quiet" => caps.quiet = true,
                 "atomic" => caps.atomic = true,
                 "push-options" => caps.push_options = true,
-                "ofs-delta" => {}
+                // Accepted as they come: deletes and ofs-deltas need nothing from the server.
+                "delete-refs" | "ofs-delta" => {}
                 _ => {
                     if let Some(agent) = cap.strip_prefix("agent=") {
                         caps.agent = Some(agent.to_owned());

@@ -108,9 +108,13 @@ pub(crate) fn authorize(inner: &Inner, user: &User, app: &AppName) -> Result<(),
     Ok(())
 }
 
-/// The advertisement of `app` as pkt-lines; a push that cannot start now gets an `ERR` line the
-/// client prints as `fatal: remote error: ...`.
-pub(crate) fn advertise(inner: &Inner, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
+/// The advertisement for smart HTTP: while another push to the app runs, an `ERR` line that the
+/// client prints as `fatal: remote error: another push ...`, so it stops before sending a pack.
+pub(crate) fn advertise_unless_busy(
+    inner: &Inner,
+    app: &AppName,
+    version1: bool,
+) -> Result<Vec<u8>, ReceiveError> {
     if let Some(holder) = inner.locks.holder(app) {
         let busy = LockError::Busy {
             app: app.clone(),
@@ -118,6 +122,11 @@ pub(crate) fn advertise(inner: &Inner, app: &AppName, version1: bool) -> Result<
         };
         return Ok(err_pkt(&busy.to_string()));
     }
+    advertise(inner, app, version1)
+}
+
+/// The advertisement of `app` as pkt-lines.
+fn advertise(inner: &Inner, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
     let repo = inner.repos.open(app).map_err(|e| ReceiveError::Repository {
         app: app.clone(),
         message: e.to_string(),
@@ -234,7 +243,7 @@ where
             .ok()
             .flatten()
             .and_then(|r| r.target().try_id().map(|id| id.to_owned()));
-        let mut r = refs::check(&repo, cmd, current, req.caps.delete_refs);
+        let mut r = refs::check(&repo, cmd, current);
         if r.is_ok() && !cmd.is_delete() {
             r = refs::connected(&repo, pack.as_ref(), cmd.new, &mut seen);
         }
@@ -345,6 +354,36 @@ fn stage_verb(stage: Stage) -> &'static str {
     }
 }
 
+/// Where the last build of `app` wrote its log (`hephy logs --build`).
+pub(crate) fn build_log_path(data_dir: &std::path::Path, app: &AppName) -> std::path::PathBuf {
+    data_dir.join("logs").join(format!("{app}.build.log"))
+}
+
+/// The last build's log on disk. Best effort: a full disk must not fail the push.
+struct BuildLog(Option<std::fs::File>);
+
+impl BuildLog {
+    fn create(data_dir: &std::path::Path, app: &AppName) -> Self {
+        let path = build_log_path(data_dir, app);
+        let file = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .ok()
+            .and_then(|_| std::fs::File::create(&path).ok());
+        BuildLog(file)
+    }
+
+    fn line(&mut self, line: &str) {
+        use std::io::Write;
+        if let Some(f) = &mut self.0 {
+            if writeln!(f, "{line}").is_err() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 /// Runs the pipeline for `cmd`, streaming its events; `Ok(Err(reason))` is a failed build, an
 /// `Err` a lost client (the pipeline was dropped, which cancels it).
 async fn build<W: AsyncWrite + Unpin + Send>(
@@ -369,6 +408,7 @@ async fn build<W: AsyncWrite + Unpin + Send>(
     let job = Job::push(app.clone(), revision, work.path());
     let (events, mut stream) = Events::channel();
     let started = Instant::now();
+    let mut build_log = BuildLog::create(&inner.data_dir, app);
     let result = {
         let run = pipeline.run(job, &events);
         let limit = inner.build_timeout;
@@ -393,7 +433,8 @@ async fn build<W: AsyncWrite + Unpin + Send>(
                 biased;
                 Some(event) = stream.recv() => {
                     stage = event.stage;
-                    out.progress(&format!("{}\n", event.render())).await?;
+                    build_log.line(&event.render());
+                    out.message(&format!("{}\n", event.render())).await?;
                     last_output = Instant::now();
                 }
                 r = &mut run => break r,
@@ -405,7 +446,6 @@ async fn build<W: AsyncWrite + Unpin + Send>(
                         stage_verb(stage),
                         format_elapsed(started.elapsed())
                     );
-                    // Written even to a quiet client: it is what keeps the connection open.
                     out.message(&line).await?;
                     last_output = Instant::now();
                 }
@@ -414,7 +454,8 @@ async fn build<W: AsyncWrite + Unpin + Send>(
     };
     drop(events);
     while let Some(event) = stream.recv().await {
-        out.progress(&format!("{}\n", event.render())).await?;
+        build_log.line(&event.render());
+        out.message(&format!("{}\n", event.render())).await?;
     }
     drop(work);
     match result {

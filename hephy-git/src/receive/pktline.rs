@@ -104,6 +104,9 @@ impl<W: AsyncWrite + Unpin> Output<W> {
     }
 
     /// Sends progress text (channel 2) when side-band is on and the client is not quiet.
+    ///
+    /// git asks for `quiet` whenever its stderr is not a terminal; like the output of git's own
+    /// hooks, build logs are not progress and go through [`Output::message`].
     pub(crate) async fn progress(&mut self, text: &str) -> io::Result<()> {
         if self.quiet {
             return Ok(());

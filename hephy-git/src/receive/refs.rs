@@ -56,7 +56,6 @@ pub(crate) fn check(
     repo: &gix::Repository,
     cmd: &Command,
     current: Option<ObjectId>,
-    delete_refs: bool,
 ) -> Result<(), String> {
     if !cmd.name.starts_with("refs/") || FullName::try_from(cmd.name.as_str()).is_err() {
         return Err("funny refname".into());
@@ -65,10 +64,9 @@ pub(crate) fn check(
     if current != expected {
         return Err("stale info: the ref changed since you fetched; fetch and try again".into());
     }
+    // Deletes need no capability in the request: git only checks that delete-refs was
+    // advertised before it sends one.
     if cmd.is_delete() {
-        if !delete_refs {
-            return Err("deletion prohibited: the client did not ask for delete-refs".into());
-        }
         return Ok(());
     }
     if cmd.name.starts_with("refs/heads/") {

@@ -1,0 +1,168 @@
+//! Smart HTTP: auth, paths, fetch refused, gzip and chunked request bodies.
+
+use std::io::Write;
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::*;
+
+/// Sends one raw HTTP/1.1 request and returns the status code and body.
+async fn raw(server: &TestServer, request: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await?;
+    stream.write_all(&request).await?;
+    let mut response = vec![];
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .ok_or("no status line")?
+        .parse()?;
+    let body_at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?
+        + 4;
+    Ok((status, response[body_at..].to_vec()))
+}
+
+fn auth(server: &TestServer) -> String {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("alice:{}", server.token));
+    format!("Authorization: Basic {basic}\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_credentials_are_refused() -> Result {
+    let server = TestServer::start().await?;
+    let app = server.app("secret")?;
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    commit_file(&repo, "index.html", b"x\n", "x").await?;
+
+    let wrong = format!("http://alice:{}@{}/secret.git", "0".repeat(64), server.addr);
+    let push = git(&repo, &["push", &wrong, "main"]).await?;
+    assert!(!push.ok, "a wrong token was accepted");
+    assert!(push.stderr.contains("Authentication failed"), "{}", push.stderr);
+
+    let anonymous = format!("http://{}/secret.git", server.addr);
+    let push = git(&repo, &["push", &anonymous, "main"]).await?;
+    assert!(!push.ok, "a push without credentials was accepted");
+
+    // The 401 asks for basic credentials, so git prompts or asks its credential helper.
+    let (status, _) = raw(
+        &server,
+        format!("GET /secret.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+    )
+    .await?;
+    assert_eq!(status, 401);
+
+    // A real user without a grant on the app is forbidden.
+    server.accounts.add_user("bob", false)?;
+    let bob = server.accounts.create_token("bob")?;
+    let url = format!("http://bob:{bob}@{}/secret.git", server.addr);
+    let push = git(&repo, &["push", &url, "main"]).await?;
+    assert!(!push.ok, "bob pushed to an app he has no access to");
+    assert!(push.stderr.contains("bob may not push to secret"), "{}", push.stderr);
+
+    // A token of one user under another user's name is refused.
+    let url = format!("http://alice:{bob}@{}/secret.git", server.addr);
+    assert!(!git(&repo, &["push", &url, "main"]).await?.ok);
+    assert_server_repo(&server, &app, &[]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
+    let server = TestServer::start().await?;
+    server.app("real")?;
+    // A repository outside the repos directory that a path escape would reach.
+    let outside = server.server.data_dir().join("x.git");
+    std::fs::create_dir_all(&outside)?;
+    for path in [
+        "/../x.git",
+        "/%2e%2e/x.git",
+        "/%2E%2E/repos/real.git",
+        "/repos/../x.git",
+        "/real.git/../../x.git",
+        "/..%2fx.git",
+        "//etc/passwd",
+        "/Real.git",
+        "/real.git.git",
+    ] {
+        let request = format!(
+            "GET {path}/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+            auth(&server)
+        );
+        let (status, body) = raw(&server, request.into_bytes()).await?;
+        assert!(
+            status == 404 || status == 400,
+            "{path} was not refused: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // The four spellings of a real app work.
+    for path in ["/real.git", "/real"] {
+        let request = format!(
+            "GET {path}/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\n{}Connection: close\r\n\r\n",
+            auth(&server)
+        );
+        let (status, body) = raw(&server, request.into_bytes()).await?;
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        assert!(body.starts_with(b"001f# service=git-receive-pack\n0000"));
+    }
+    for path in ["real.git", "real", "/real.git/", "/real.git"] {
+        assert_eq!(hephy_git::repo_path(path)?.as_str(), "real");
+    }
+
+    // An unknown app, through the real client.
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    commit_file(&repo, "a", b"a\n", "a").await?;
+    let push = git(&repo, &["push", &server.url("nope"), "main"]).await?;
+    assert!(!push.ok);
+    assert!(push.stderr.contains("app nope does not exist"), "{}", push.stderr);
+
+    // Fetching and cloning are refused with a reason.
+    let clone = git(work.path(), &["clone", &server.url("real"), "copy"]).await?;
+    assert!(!clone.ok, "clone worked");
+    assert!(clone.stderr.contains("hephy receives pushes only"), "{}", clone.stderr);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_chunked_request_bodies() -> Result {
+    let server = TestServer::start().await?;
+    let app = server.app("raw")?;
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    let c1 = commit_file(&repo, "a", b"a\n", "a").await?;
+    git_ok(&repo, &["push", &server.url("raw"), "main:refs/heads/one", "main:refs/heads/two"]).await?;
+
+    // Delete `one` with a gzip-compressed, chunked request, as a client may send it.
+    let mut body = vec![];
+    let line = format!("{c1} {} refs/heads/one\0report-status delete-refs side-band-64k agent=test\n", "0".repeat(40));
+    body.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+    body.extend_from_slice(line.as_bytes());
+    body.extend_from_slice(b"0000");
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+    gz.write_all(&body)?;
+    let gz = gz.finish()?;
+    let mut request = format!(
+        "POST /raw.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        auth(&server)
+    )
+    .into_bytes();
+    for chunk in gz.chunks(7) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let (status, response) = raw(&server, request).await?;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains("unpack ok") && text.contains("ok refs/heads/one"), "unexpected report: {text:?}");
+    assert_server_repo(&server, &app, &[("refs/heads/two", &c1)]).await?;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Integration tests of hephy-git with the real `git` client.
+
+mod auth;
+mod http;
+mod receive;
+mod source;
+mod ssh;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hephy_backends::{FilesBackend, OciLayoutPublisher};
+use hephy_core::{
+    async_trait, AppName, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence,
+    Detection, Events, Pipeline,
+};
+use hephy_git::auth::Accounts;
+use hephy_git::GitServer;
+use tempfile::TempDir;
+
+type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+
+/// A backend for the cases the real backends do not cover on purpose: it takes apps with a
+/// `FAIL` file (prints the file and fails) or a `SLOW` file (prints a line, then waits until
+/// cancelled), and reports when its build future is dropped before it ends.
+#[derive(Default)]
+struct Gate {
+    started: AtomicBool,
+    cancelled: Arc<AtomicBool>,
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Backend for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    async fn detect(&self, ctx: &BuildContext) -> Detection {
+        if ctx.dir().join("FAIL").exists() || ctx.dir().join("SLOW").exists() {
+            Detection::yes("gate", Confidence::High, "found FAIL or SLOW")
+        } else {
+            Detection::no("gate", "no FAIL or SLOW file")
+        }
+    }
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        _target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        if let Ok(text) = std::fs::read_to_string(ctx.dir().join("FAIL")) {
+            for line in text.lines() {
+                events.log(format!("gate: {line}"));
+            }
+            return Err(BuildError::Failed {
+                message: "the FAIL file asks this build to fail".into(),
+            });
+        }
+        events.log("gate: waiting until cancelled");
+        self.started.store(true, Ordering::SeqCst);
+        let guard = SetOnDrop(self.cancelled.clone());
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        std::mem::forget(guard);
+        Err(BuildError::Failed {
+            message: "the SLOW build was never cancelled".into(),
+        })
+    }
+}
+
+/// A running server on a free loopback port with its own data directory.
+struct TestServer {
+    dir: TempDir,
+    server: GitServer,
+    gate: Arc<Gate>,
+    accounts: Accounts,
+    token: String,
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Options {
+    max_push_bytes: u64,
+    data_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_push_bytes: 1 << 30,
+            data_dir: None,
+        }
+    }
+}
+
+impl TestServer {
+    async fn start() -> Result<TestServer> {
+        Self::start_with(Options::default()).await
+    }
+
+    async fn start_with(opts: Options) -> Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        let data = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        std::fs::create_dir_all(&data)?;
+        let accounts = Accounts::open(&data)?;
+        if accounts.user("alice").is_none() {
+            accounts.add_user("alice", false)?;
+        }
+        let token = accounts.create_token("alice")?;
+        let gate = Arc::new(Gate::default());
+        let builder = GitServer::builder(&data)
+            .accounts(accounts.clone())
+            .max_push_bytes(opts.max_push_bytes)
+            .keepalive(Duration::from_millis(200));
+        // The pipeline's source reads the server's repositories.
+        let source = hephy_git::GitSource::new(&data);
+        let pipeline = Pipeline::builder()
+            .source(Arc::new(source))
+            .backend(gate.clone())
+            .backend(Arc::new(FilesBackend::new()))
+            .publisher(Arc::new(OciLayoutPublisher::new(dir.path().join("images"))))
+            .build()?;
+        let server = builder.pipeline(Arc::new(pipeline)).build()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let router = server.http_router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(TestServer {
+            dir,
+            server,
+            gate,
+            accounts,
+            token,
+            addr,
+            task,
+        })
+    }
+
+    fn app(&self, name: &str) -> Result<AppName> {
+        let app: AppName = name.parse()?;
+        if !self.server.repo_dir(&app).exists() {
+            self.server.create_app(&app, "alice")?;
+        }
+        Ok(app)
+    }
+
+    /// The push URL of `app` with alice's credentials.
+    fn url(&self, app: &str) -> String {
+        format!("http://alice:{}@{}/{app}.git", self.token, self.addr)
+    }
+
+    fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+}
+
+/// What a git command did.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn git_command(dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Alice")
+        .env("GIT_AUTHOR_EMAIL", "alice@example.com")
+        .env("GIT_COMMITTER_NAME", "Alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+        .env("GIT_AUTHOR_DATE", "2024-01-02T03:04:05Z")
+        .env("GIT_COMMITTER_DATE", "2024-01-02T03:04:05Z")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn git(dir: &Path, args: &[&str]) -> Result<Run> {
+    let out = git_command(dir, args).output().await?;
+    Ok(Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs git and fails the test with its output when it fails.
+async fn git_ok(dir: &Path, args: &[&str]) -> Result<String> {
+    let r = git(dir, args).await?;
+    if !r.ok {
+        return Err(format!("git {} failed:\n{}\n{}", args.join(" "), r.stdout, r.stderr).into());
+    }
+    Ok(r.stdout)
+}
+
+/// A client repository on branch main.
+async fn client_repo(dir: &Path) -> Result<PathBuf> {
+    let repo = dir.join("client");
+    std::fs::create_dir_all(&repo)?;
+    git_ok(&repo, &["init", "-q", "-b", "main"]).await?;
+    Ok(repo)
+}
+
+async fn commit_file(repo: &Path, name: &str, content: &[u8], message: &str) -> Result<String> {
+    let path = repo.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, content)?;
+    git_ok(repo, &["add", "-A"]).await?;
+    git_ok(repo, &["commit", "-q", "-m", message]).await?;
+    Ok(git_ok(repo, &["rev-parse", "HEAD"]).await?.trim().to_owned())
+}
+
+/// `refs -> commit` of a repository, from the real `git ls-remote` on its path.
+async fn ls_remote(repo: &Path) -> Result<Vec<(String, String)>> {
+    let out = git_ok(repo, &["ls-remote", "--refs", "."]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(id, name)| (name.to_owned(), id.to_owned()))
+        .collect())
+}
+
+/// Checks the server repository with `git fsck --strict` and that its branches are `expected`.
+async fn assert_server_repo(server: &TestServer, app: &AppName, expected: &[(&str, &str)]) -> Result {
+    let dir = server.server.repo_dir(app);
+    let fsck = git(&dir, &["fsck", "--strict", "--no-dangling"]).await?;
+    assert!(
+        fsck.ok && !fsck.stderr.contains("error") && !fsck.stdout.contains("missing"),
+        "git fsck --strict on the server repository failed:\n{}\n{}",
+        fsck.stdout,
+        fsck.stderr
+    );
+    let refs = ls_remote(&dir).await?;
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(n, id)| (n.to_string(), id.to_string()))
+        .collect();
+    assert_eq!(refs, expected, "the server's refs differ from what was pushed");
+    // No pack is left half-done or protected.
+    for entry in std::fs::read_dir(dir.join("objects/pack"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".keep") && !name.starts_with("tmp"), "leftover {name} in objects/pack");
+    }
+    Ok(())
+}
