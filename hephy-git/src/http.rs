@@ -82,7 +82,11 @@ fn authenticate(server: &GitServer, headers: &HeaderMap) -> Result<User, Respons
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok());
     let Some((name, token)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
         return Err(unauthorized(HINT));
@@ -167,7 +171,10 @@ async fn handle(State(server): State<GitServer>, req: Request) -> Response {
         }
         Action::ReceivePack => {
             if req.method() != Method::POST {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "use POST for git-receive-pack");
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use POST for git-receive-pack",
+                );
             }
             if let Err(e) = receive::authorize(server.inner(), &user, &app) {
                 return receive_error(&e);
@@ -189,14 +196,13 @@ async fn handle(State(server): State<GitServer>, req: Request) -> Response {
                 Some(other) => {
                     return text(
                         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        format!("Content-Encoding {other} is not supported: send gzip or no encoding"),
+                        format!(
+                            "Content-Encoding {other} is not supported: send gzip or no encoding"
+                        ),
                     )
                 }
             };
-            let body = req
-                .into_body()
-                .into_data_stream()
-                .map_err(io::Error::other);
+            let body = req.into_body().into_data_stream().map_err(io::Error::other);
             let reader = StreamReader::new(body);
             let input: Box<dyn AsyncRead + Send + Unpin> = if gzip {
                 Box::new(async_compression::tokio::bufread::GzipDecoder::new(reader))
@@ -217,7 +223,10 @@ async fn handle(State(server): State<GitServer>, req: Request) -> Response {
             });
             (
                 [
-                    (header::CONTENT_TYPE, "application/x-git-receive-pack-result"),
+                    (
+                        header::CONTENT_TYPE,
+                        "application/x-git-receive-pack-result",
+                    ),
                     (header::CACHE_CONTROL, "no-cache"),
                 ],
                 Body::from_stream(ReaderStream::new(response)),

@@ -34,13 +34,13 @@
 #![deny(missing_docs)]
 
 pub mod auth;
-pub mod ssh;
 mod http;
 mod lock;
 mod receive;
 mod repo;
 mod server;
 mod source;
+pub mod ssh;
 
 pub use lock::{LockError, LockHolder};
 pub use receive::ReceiveError;

@@ -375,7 +375,12 @@ impl GitServer {
     /// The ref advertisement of `app` as pkt-lines (after the `# service=` header of smart
     /// HTTP), starting with `version 1` when `version1`; while another push to the app runs, an
     /// `ERR` line saying so.
-    pub fn advertisement(&self, user: &User, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
+    pub fn advertisement(
+        &self,
+        user: &User,
+        app: &AppName,
+        version1: bool,
+    ) -> Result<Vec<u8>, ReceiveError> {
         receive::authorize(&self.inner, user, app)?;
         receive::advertise_unless_busy(&self.inner, app, version1)
     }

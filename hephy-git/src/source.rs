@@ -168,7 +168,11 @@ fn write_tree(
                 let blob = repo
                     .find_blob(oid)
                     .map_err(|e| other(format!("cannot read {}", rel_path.display()), e))?;
-                let mode = if kind == EntryKind::BlobExecutable { 0o755 } else { 0o644 };
+                let mode = if kind == EntryKind::BlobExecutable {
+                    0o755
+                } else {
+                    0o644
+                };
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)

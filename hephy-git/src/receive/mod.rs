@@ -127,10 +127,13 @@ pub(crate) fn advertise_unless_busy(
 
 /// The advertisement of `app` as pkt-lines.
 fn advertise(inner: &Inner, app: &AppName, version1: bool) -> Result<Vec<u8>, ReceiveError> {
-    let repo = inner.repos.open(app).map_err(|e| ReceiveError::Repository {
-        app: app.clone(),
-        message: e.to_string(),
-    })?;
+    let repo = inner
+        .repos
+        .open(app)
+        .map_err(|e| ReceiveError::Repository {
+            app: app.clone(),
+            message: e.to_string(),
+        })?;
     let refs = refs::list(&repo).map_err(|message| ReceiveError::Repository {
         app: app.clone(),
         message,
@@ -182,19 +185,30 @@ where
             Ok(g) => g,
             Err(e) => {
                 // Read what the client still sends, so it gets to read the answer.
-                let mut sink = tokio::io::sink();
-                let mut limited = (&mut input).take(inner.max_push_bytes);
-                let _ = tokio::io::copy(&mut limited, &mut sink).await;
+                drain(&mut input, inner.max_push_bytes).await;
                 let reason = e.to_string();
                 out.message(&format!("error: {reason}\n")).await?;
-                report(&mut out, &req, Ok(()), &vec![Err(reason); req.commands.len()]).await?;
+                report(
+                    &mut out,
+                    &req,
+                    Ok(()),
+                    &vec![Err(reason); req.commands.len()],
+                )
+                .await?;
                 return Err(e.into());
             }
         },
     };
-    let r = process(inner, user, app, &mut input, &mut out, req).await;
+    let r = process(inner, user, app, &mut input, &mut out, req, mode).await;
     drop(guard);
     r
+}
+
+/// Reads and drops up to `limit` bytes of what the client still sends.
+async fn drain<R: AsyncRead + Unpin>(input: &mut R, limit: u64) {
+    let mut sink = tokio::io::sink();
+    let mut limited = input.take(limit);
+    let _ = tokio::io::copy(&mut limited, &mut sink).await;
 }
 
 async fn process<R, W>(
@@ -204,6 +218,7 @@ async fn process<R, W>(
     input: &mut R,
     out: &mut Output<W>,
     req: Request,
+    mode: Mode,
 ) -> Result<(), ReceiveError>
 where
     R: AsyncBufRead + Unpin + Send,
@@ -221,6 +236,11 @@ where
         match pack::receive(input, &repo_dir, inner.max_push_bytes).await {
             Ok(p) => pack = p,
             Err(e) => {
+                if mode == Mode::Stateless {
+                    // An HTTP client sends its whole body before it reads the answer; over a
+                    // full-duplex connection it reads side-band while it sends.
+                    drain(input, inner.max_push_bytes.saturating_mul(4)).await;
+                }
                 let reason = e.to_string();
                 out.message(&format!("error: {reason}\n")).await?;
                 let ng = vec![Err("unpacker error".to_owned()); req.commands.len()];
@@ -230,7 +250,8 @@ where
         }
     }
     if let Some(p) = &pack {
-        out.progress(&format!("Received {} objects\n", p.len())).await?;
+        out.progress(&format!("Received {} objects\n", p.len()))
+            .await?;
     }
 
     // Check every command before changing anything.
@@ -277,7 +298,9 @@ where
     }
 
     // Update the refs: one transaction with atomic, else one per ref.
-    let ok: Vec<usize> = (0..req.commands.len()).filter(|i| status[*i].is_ok()).collect();
+    let ok: Vec<usize> = (0..req.commands.len())
+        .filter(|i| status[*i].is_ok())
+        .collect();
     let mut updated = 0;
     if req.caps.atomic && !ok.is_empty() {
         let edits: Result<Vec<_>, _> = ok.iter().map(|i| refs::edit(&req.commands[*i])).collect();
@@ -291,7 +314,8 @@ where
         }
     } else {
         for i in ok {
-            match refs::edit(&req.commands[i]).and_then(|e| refs::apply(&repo, vec![e], &user.name)) {
+            match refs::edit(&req.commands[i]).and_then(|e| refs::apply(&repo, vec![e], &user.name))
+            {
                 Ok(()) => updated += 1,
                 Err(reason) => status[i] = Err(reason),
             }
@@ -402,7 +426,10 @@ async fn build<W: AsyncWrite + Unpin + Send>(
         })
         .map_err(|e| ReceiveError::Repository {
             app: app.clone(),
-            message: format!("cannot create a work directory in {}: {e}", work_root.display()),
+            message: format!(
+                "cannot create a work directory in {}: {e}",
+                work_root.display()
+            ),
         })?;
     let revision = Revision::new(cmd.new.to_string()).with_ref_name(cmd.name.clone());
     let job = Job::push(app.clone(), revision, work.path());
@@ -481,7 +508,9 @@ fn summary(inner: &Inner, app: &AppName, report: &Report) -> String {
     let mut s = String::new();
     match &report.release {
         Some(release) => s.push_str(&format!("-----> {app} deployed as {}\n", release.version)),
-        None => s.push_str(&format!("-----> {app} built and published (this server does not deploy)\n")),
+        None => s.push_str(&format!(
+            "-----> {app} built and published (this server does not deploy)\n"
+        )),
     }
     s.push_str(&format!("       image: {}\n", report.published.reference));
     if let Some(hook) = &inner.url_hook {

@@ -146,7 +146,8 @@ pub(crate) async fn receive<R: AsyncBufRead + Unpin>(
             indexer.await
         }
     };
-    let outcome = outcome.map_err(|e| PackError::Invalid(format!("the indexer stopped: {e}")))??;
+    let outcome =
+        outcome.map_err(|e| PackError::Invalid(format!("the indexer stopped: {e}")))??;
     Ok(Some(outcome))
 }
 

@@ -60,9 +60,9 @@ pub(crate) async fn read<R: AsyncBufRead + Unpin>(input: &mut R) -> io::Result<O
             format!("invalid pkt-line from the client: {e}"),
         )
     })? {
-        gix_packetline::decode::PacketLineOrWantedSize::Line(gix_packetline::PacketLineRef::Flush) => {
-            Ok(Some(Line::Flush))
-        }
+        gix_packetline::decode::PacketLineOrWantedSize::Line(
+            gix_packetline::PacketLineRef::Flush,
+        ) => Ok(Some(Line::Flush)),
         gix_packetline::decode::PacketLineOrWantedSize::Line(other) => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("unexpected {other:?} packet in a protocol v0/v1 push"),

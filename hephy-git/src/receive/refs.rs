@@ -20,7 +20,10 @@ pub(crate) fn list(repo: &gix::Repository) -> Result<Vec<(String, ObjectId)>, St
     for r in platform.all().map_err(|e| e.to_string())? {
         let r = r.map_err(|e| e.to_string())?;
         if let Some(id) = r.target().try_id() {
-            refs.push((r.name().as_bstr().to_str_lossy().into_owned(), id.to_owned()));
+            refs.push((
+                r.name().as_bstr().to_str_lossy().into_owned(),
+                id.to_owned(),
+            ));
         }
     }
     refs.sort();
@@ -35,7 +38,10 @@ pub(crate) fn advertisement(refs: &[(String, ObjectId)], version1: bool) -> Vec<
     }
     let caps = advertised_capabilities();
     if refs.is_empty() {
-        let line = format!("{} capabilities^{{}}\0{caps}\n", ObjectId::null(gix::hash::Kind::Sha1));
+        let line = format!(
+            "{} capabilities^{{}}\0{caps}\n",
+            ObjectId::null(gix::hash::Kind::Sha1)
+        );
         pktline::encode(line.as_bytes(), &mut out);
     }
     for (i, (name, id)) in refs.iter().enumerate() {
@@ -60,7 +66,11 @@ pub(crate) fn check(
     if !cmd.name.starts_with("refs/") || FullName::try_from(cmd.name.as_str()).is_err() {
         return Err("funny refname".into());
     }
-    let expected = if cmd.old.is_null() { None } else { Some(cmd.old) };
+    let expected = if cmd.old.is_null() {
+        None
+    } else {
+        Some(cmd.old)
+    };
     if current != expected {
         return Err("stale info: the ref changed since you fetched; fetch and try again".into());
     }
@@ -78,7 +88,12 @@ pub(crate) fn check(
                     h.kind()
                 ))
             }
-            Err(_) => return Err(format!("missing necessary objects: {} is not here", cmd.new)),
+            Err(_) => {
+                return Err(format!(
+                    "missing necessary objects: {} is not here",
+                    cmd.new
+                ))
+            }
         }
     }
     Ok(())
@@ -107,7 +122,9 @@ pub(crate) fn connected(
             if repo.has_object(id) {
                 continue;
             }
-            return Err(format!("missing necessary objects: {id} is not in the pack nor in the repository"));
+            return Err(format!(
+                "missing necessary objects: {id} is not in the pack nor in the repository"
+            ));
         }
         let data = repo
             .objects

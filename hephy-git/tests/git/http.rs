@@ -14,11 +14,7 @@ async fn raw(server: &TestServer, request: Vec<u8>) -> Result<(u16, Vec<u8>)> {
     let mut response = vec![];
     stream.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .ok_or("no status line")?
-        .parse()?;
+    let status: u16 = text.split(' ').nth(1).ok_or("no status line")?.parse()?;
     let body_at = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -43,7 +39,11 @@ async fn wrong_or_missing_credentials_are_refused() -> Result {
     let wrong = format!("http://alice:{}@{}/secret.git", "0".repeat(64), server.addr);
     let push = git(&repo, &["push", &wrong, "main"]).await?;
     assert!(!push.ok, "a wrong token was accepted");
-    assert!(push.stderr.contains("Authentication failed"), "{}", push.stderr);
+    assert!(
+        push.stderr.contains("Authentication failed"),
+        "{}",
+        push.stderr
+    );
 
     let anonymous = format!("http://{}/secret.git", server.addr);
     let push = git(&repo, &["push", &anonymous, "main"]).await?;
@@ -52,7 +52,7 @@ async fn wrong_or_missing_credentials_are_refused() -> Result {
     // The 401 asks for basic credentials, so git prompts or asks its credential helper.
     let (status, _) = raw(
         &server,
-        format!("GET /secret.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+        b"GET /secret.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
     )
     .await?;
     assert_eq!(status, 401);
@@ -63,7 +63,11 @@ async fn wrong_or_missing_credentials_are_refused() -> Result {
     let url = format!("http://bob:{bob}@{}/secret.git", server.addr);
     let push = git(&repo, &["push", &url, "main"]).await?;
     assert!(!push.ok, "bob pushed to an app he has no access to");
-    assert!(push.stderr.contains("bob may not push to secret"), "{}", push.stderr);
+    assert!(
+        push.stderr.contains("bob may not push to secret"),
+        "{}",
+        push.stderr
+    );
 
     // A token of one user under another user's name is refused.
     let url = format!("http://alice:{bob}@{}/secret.git", server.addr);
@@ -121,12 +125,20 @@ async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
     commit_file(&repo, "a", b"a\n", "a").await?;
     let push = git(&repo, &["push", &server.url("nope"), "main"]).await?;
     assert!(!push.ok);
-    assert!(push.stderr.contains("app nope does not exist"), "{}", push.stderr);
+    assert!(
+        push.stderr.contains("app nope does not exist"),
+        "{}",
+        push.stderr
+    );
 
     // Fetching and cloning are refused with a reason.
     let clone = git(work.path(), &["clone", &server.url("real"), "copy"]).await?;
     assert!(!clone.ok, "clone worked");
-    assert!(clone.stderr.contains("hephy receives pushes only"), "{}", clone.stderr);
+    assert!(
+        clone.stderr.contains("hephy receives pushes only"),
+        "{}",
+        clone.stderr
+    );
     Ok(())
 }
 
@@ -137,11 +149,23 @@ async fn gzip_and_chunked_request_bodies() -> Result {
     let work = tempfile::tempdir()?;
     let repo = client_repo(work.path()).await?;
     let c1 = commit_file(&repo, "a", b"a\n", "a").await?;
-    git_ok(&repo, &["push", &server.url("raw"), "main:refs/heads/one", "main:refs/heads/two"]).await?;
+    git_ok(
+        &repo,
+        &[
+            "push",
+            &server.url("raw"),
+            "main:refs/heads/one",
+            "main:refs/heads/two",
+        ],
+    )
+    .await?;
 
     // Delete `one` with a gzip-compressed, chunked request, as a client may send it.
     let mut body = vec![];
-    let line = format!("{c1} {} refs/heads/one\0report-status delete-refs side-band-64k agent=test\n", "0".repeat(40));
+    let line = format!(
+        "{c1} {} refs/heads/one\0report-status delete-refs side-band-64k agent=test\n",
+        "0".repeat(40)
+    );
     body.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
     body.extend_from_slice(line.as_bytes());
     body.extend_from_slice(b"0000");
@@ -162,7 +186,10 @@ async fn gzip_and_chunked_request_bodies() -> Result {
     let (status, response) = raw(&server, request).await?;
     assert_eq!(status, 200);
     let text = String::from_utf8_lossy(&response);
-    assert!(text.contains("unpack ok") && text.contains("ok refs/heads/one"), "unexpected report: {text:?}");
+    assert!(
+        text.contains("unpack ok") && text.contains("ok refs/heads/one"),
+        "unexpected report: {text:?}"
+    );
     assert_server_repo(&server, &app, &[("refs/heads/two", &c1)]).await?;
     Ok(())
 }

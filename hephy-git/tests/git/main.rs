@@ -114,7 +114,10 @@ impl TestServer {
 
     async fn start_with(opts: Options) -> Result<TestServer> {
         let dir = tempfile::tempdir()?;
-        let data = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        let data = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         std::fs::create_dir_all(&data)?;
         let accounts = Accounts::open(&data)?;
         if accounts.user("alice").is_none() {
@@ -229,7 +232,10 @@ async fn commit_file(repo: &Path, name: &str, content: &[u8], message: &str) -> 
     std::fs::write(&path, content)?;
     git_ok(repo, &["add", "-A"]).await?;
     git_ok(repo, &["commit", "-q", "-m", message]).await?;
-    Ok(git_ok(repo, &["rev-parse", "HEAD"]).await?.trim().to_owned())
+    Ok(git_ok(repo, &["rev-parse", "HEAD"])
+        .await?
+        .trim()
+        .to_owned())
 }
 
 /// `refs -> commit` of a repository, from the real `git ls-remote` on its path.
@@ -243,7 +249,11 @@ async fn ls_remote(repo: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// Checks the server repository with `git fsck --strict` and that its branches are `expected`.
-async fn assert_server_repo(server: &TestServer, app: &AppName, expected: &[(&str, &str)]) -> Result {
+async fn assert_server_repo(
+    server: &TestServer,
+    app: &AppName,
+    expected: &[(&str, &str)],
+) -> Result {
     let dir = server.server.repo_dir(app);
     let fsck = git(&dir, &["fsck", "--strict", "--no-dangling"]).await?;
     assert!(
@@ -257,11 +267,17 @@ async fn assert_server_repo(server: &TestServer, app: &AppName, expected: &[(&st
         .iter()
         .map(|(n, id)| (n.to_string(), id.to_string()))
         .collect();
-    assert_eq!(refs, expected, "the server's refs differ from what was pushed");
+    assert_eq!(
+        refs, expected,
+        "the server's refs differ from what was pushed"
+    );
     // No pack is left half-done or protected.
     for entry in std::fs::read_dir(dir.join("objects/pack"))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        assert!(!name.ends_with(".keep") && !name.starts_with("tmp"), "leftover {name} in objects/pack");
+        assert!(
+            !name.ends_with(".keep") && !name.starts_with("tmp"),
+            "leftover {name} in objects/pack"
+        );
     }
     Ok(())
 }

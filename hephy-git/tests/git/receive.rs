@@ -19,7 +19,7 @@ fn normalize(text: &str, server: &TestServer) -> String {
         // Words that are long hex ids or digests.
         l = l
             .split(' ')
-            .map(|w| normalize_word(w))
+            .map(normalize_word)
             .collect::<Vec<_>>()
             .join(" ");
         out.push(l);
@@ -68,27 +68,66 @@ async fn first_fast_forward_force_branch_and_delete() -> Result {
     let c1 = commit_file(&repo, "index.html", b"<h1>hello</h1>\n", "first").await?;
     let push = git(&repo, &["push", &url, "main"]).await?;
     assert!(push.ok, "first push failed:\n{}", push.stderr);
-    assert!(push.stderr.contains("remote: -----> Building for linux/amd64"), "no build log:\n{}", push.stderr);
-    assert!(push.stderr.contains("remote: -----> hello built and published"), "no summary:\n{}", push.stderr);
-    assert!(push.stderr.contains("image: hephy.local/hello:git-"), "no image:\n{}", push.stderr);
-    assert!(push.stderr.contains(" * [new branch]      main -> main"), "{}", push.stderr);
+    assert!(
+        push.stderr
+            .contains("remote: -----> Building for linux/amd64"),
+        "no build log:\n{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr
+            .contains("remote: -----> hello built and published"),
+        "no summary:\n{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr.contains("image: hephy.local/hello:git-"),
+        "no image:\n{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr.contains(" * [new branch]      main -> main"),
+        "{}",
+        push.stderr
+    );
     insta::assert_snapshot!("first_push", normalize(&push.stderr, &server));
-    assert!(server.images().join("hephy.local/hello/index.json").is_file(), "nothing was published");
+    assert!(
+        server
+            .images()
+            .join("hephy.local/hello/index.json")
+            .is_file(),
+        "nothing was published"
+    );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c1)]).await?;
 
     // Fast-forward, over protocol v1.
     let c2 = commit_file(&repo, "index.html", b"<h1>hello again</h1>\n", "second").await?;
     let push = git(&repo, &["-c", "protocol.version=1", "push", &url, "main"]).await?;
     assert!(push.ok, "fast-forward failed:\n{}", push.stderr);
-    assert!(push.stderr.contains(&format!("{}..{}  main -> main", &c1[..7], &c2[..7])), "{}", push.stderr);
+    assert!(
+        push.stderr
+            .contains(&format!("{}..{}  main -> main", &c1[..7], &c2[..7])),
+        "{}",
+        push.stderr
+    );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c2)]).await?;
 
     // Force push of a rewritten commit.
     std::fs::write(repo.join("index.html"), b"<h1>rewritten</h1>\n")?;
-    git_ok(&repo, &["commit", "-q", "-a", "--amend", "-m", "second, rewritten"]).await?;
-    let c3 = git_ok(&repo, &["rev-parse", "HEAD"]).await?.trim().to_owned();
+    git_ok(
+        &repo,
+        &["commit", "-q", "-a", "--amend", "-m", "second, rewritten"],
+    )
+    .await?;
+    let c3 = git_ok(&repo, &["rev-parse", "HEAD"])
+        .await?
+        .trim()
+        .to_owned();
     let push = git(&repo, &["push", &url, "main"]).await?;
-    assert!(!push.ok, "a non-fast-forward push without --force must be refused by the client");
+    assert!(
+        !push.ok,
+        "a non-fast-forward push without --force must be refused by the client"
+    );
     let push = git(&repo, &["push", "--force", &url, "main"]).await?;
     assert!(push.ok, "force push failed:\n{}", push.stderr);
     assert!(push.stderr.contains("(forced update)"), "{}", push.stderr);
@@ -99,8 +138,17 @@ async fn first_fast_forward_force_branch_and_delete() -> Result {
     let c4 = commit_file(&repo, "feature.txt", b"wip\n", "feature").await?;
     let push = git(&repo, &["push", &url, "feature"]).await?;
     assert!(push.ok, "branch push failed:\n{}", push.stderr);
-    assert!(!push.stderr.contains("Building"), "a branch other than main was built:\n{}", push.stderr);
-    assert_server_repo(&server, &app, &[("refs/heads/feature", &c4), ("refs/heads/main", &c3)]).await?;
+    assert!(
+        !push.stderr.contains("Building"),
+        "a branch other than main was built:\n{}",
+        push.stderr
+    );
+    assert_server_repo(
+        &server,
+        &app,
+        &[("refs/heads/feature", &c4), ("refs/heads/main", &c3)],
+    )
+    .await?;
 
     // Deleting branches, the deploy branch included, builds nothing.
     let push = git(&repo, &["push", &url, ":feature", ":main"]).await?;
@@ -112,7 +160,12 @@ async fn first_fast_forward_force_branch_and_delete() -> Result {
     // Pushing the same commits again sends objects the server already has.
     let push = git(&repo, &["push", &url, "main", "feature"]).await?;
     assert!(push.ok, "re-push failed:\n{}", push.stderr);
-    assert_server_repo(&server, &app, &[("refs/heads/feature", &c4), ("refs/heads/main", &c3)]).await?;
+    assert_server_repo(
+        &server,
+        &app,
+        &[("refs/heads/feature", &c4), ("refs/heads/main", &c3)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -123,7 +176,9 @@ async fn thin_pack_is_completed_from_the_repository() -> Result {
     let work = tempfile::tempdir()?;
     let repo = client_repo(work.path()).await?;
     let url = server.url("thin");
-    let big: String = (0..20_000).map(|i| format!("line {i} of a file that deltas well\n")).collect();
+    let big: String = (0..20_000)
+        .map(|i| format!("line {i} of a file that deltas well\n"))
+        .collect();
     let c1 = commit_file(&repo, "data.txt", big.as_bytes(), "big file").await?;
     git_ok(&repo, &["push", &url, "main:refs/heads/base"]).await?;
     assert_server_repo(&server, &app, &[("refs/heads/base", &c1)]).await?;
@@ -136,9 +191,16 @@ async fn thin_pack_is_completed_from_the_repository() -> Result {
     let mut cmd = git_command(&repo, &["push", &url, "main:refs/heads/base"]);
     cmd.env("GIT_TRACE", trace.path());
     let out = cmd.output().await?;
-    assert!(out.status.success(), "push failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "push failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let traced = std::fs::read_to_string(trace.path())?;
-    assert!(traced.contains("pack-objects") && traced.contains("--thin"), "git did not send a thin pack:\n{traced}");
+    assert!(
+        traced.contains("pack-objects") && traced.contains("--thin"),
+        "git did not send a thin pack:\n{traced}"
+    );
     assert_server_repo(&server, &app, &[("refs/heads/base", &c2)]).await?;
     // The blob of the new commit is readable on the server, so the delta base was resolved.
     let dir = server.server.repo_dir(&app);
@@ -172,7 +234,10 @@ async fn large_push_and_size_limit() -> Result {
     }
     git_ok(&repo, &["add", "-A"]).await?;
     git_ok(&repo, &["commit", "-q", "-m", "100 MB"]).await?;
-    let c1 = git_ok(&repo, &["rev-parse", "HEAD"]).await?.trim().to_owned();
+    let c1 = git_ok(&repo, &["rev-parse", "HEAD"])
+        .await?
+        .trim()
+        .to_owned();
     let push = git(&repo, &["push", &url, "main:refs/heads/big"]).await?;
     assert!(push.ok, "100 MB push failed:\n{}", push.stderr);
     assert_server_repo(&server, &app, &[("refs/heads/big", &c1)]).await?;
@@ -184,10 +249,21 @@ async fn large_push_and_size_limit() -> Result {
     })
     .await?;
     let app = small.app("large")?;
+    let other = tempfile::tempdir()?;
+    let repo = client_repo(other.path()).await?;
+    let mut data = vec![0u8; 2 << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    commit_file(&repo, "two-megabytes.bin", &data, "2 MB").await?;
     let push = git(&repo, &["push", &small.url("large"), "main:refs/heads/big"]).await?;
     assert!(!push.ok, "a push over the limit succeeded");
     assert!(
-        push.stderr.contains("larger than this server's limit of 1048576 bytes"),
+        push.stderr
+            .contains("larger than this server's limit of 1048576 bytes"),
         "the refusal does not say why:\n{}",
         push.stderr
     );
@@ -205,20 +281,34 @@ async fn failed_build_rejects_the_push_and_keeps_the_ref() -> Result {
     let c1 = commit_file(&repo, "index.html", b"ok\n", "good").await?;
     git_ok(&repo, &["push", &url, "main"]).await?;
 
-    commit_file(&repo, "FAIL", b"compiler says: syntax error on line 3\n", "bad").await?;
+    commit_file(
+        &repo,
+        "FAIL",
+        b"compiler says: syntax error on line 3\n",
+        "bad",
+    )
+    .await?;
     let push = git(&repo, &["push", &url, "main"]).await?;
     assert!(!push.ok, "a failed build was accepted");
     assert!(
-        push.stderr.contains("! [remote rejected] main -> main (build failed)"),
+        push.stderr
+            .contains("! [remote rejected] main -> main (build failed)"),
         "the rejection is not shown:\n{}",
         push.stderr
     );
     assert!(
-        push.stderr.contains("remote: [linux/amd64] gate: compiler says: syntax error on line 3"),
+        push.stderr
+            .contains("remote: [linux/amd64] gate: compiler says: syntax error on line 3"),
         "the build output is not shown:\n{}",
         push.stderr
     );
-    assert!(push.stderr.contains("remote:  !     build failed: linux/amd64: the FAIL file asks this build to fail"), "{}", push.stderr);
+    assert!(
+        push.stderr.contains(
+            "remote:  !     build failed: linux/amd64: the FAIL file asks this build to fail"
+        ),
+        "{}",
+        push.stderr
+    );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c1)]).await?;
     Ok(())
 }
@@ -235,11 +325,21 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
     // The first push waits in its build; git and its remote helper run in their own process
     // group, so the whole client can be killed like a closed terminal.
     let mut first = git_command(&repo, &["push", &url, "main"]);
-    first.process_group(0).stderr(Stdio::piped()).stdout(Stdio::null());
+    first
+        .process_group(0)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
     let mut first = first.spawn()?;
     let started = tokio::time::Instant::now();
-    while !server.gate.started.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(started.elapsed() < Duration::from_secs(60), "the first push never started building");
+    while !server
+        .gate
+        .started
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first push never started building"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -250,7 +350,9 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
     let second = git(&repo2, &["push", &url, "main"]).await?;
     assert!(!second.ok, "a concurrent push was accepted");
     assert!(
-        second.stderr.contains("another push to busy is running (started by alice at ")
+        second
+            .stderr
+            .contains("another push to busy is running (started by alice at ")
             && second.stderr.contains("wait for it to finish"),
         "the refusal is not clear:\n{}",
         second.stderr
@@ -258,12 +360,21 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
 
     // Killing the first client cancels its build and frees the lock.
     let pgid = first.id().ok_or("the first push has no pid")?;
-    let killed = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status()?;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()?;
     assert!(killed.success(), "kill failed");
     let _ = first.wait().await?;
     let killed_at = tokio::time::Instant::now();
-    while !server.gate.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(killed_at.elapsed() < Duration::from_secs(30), "the build went on after its client was killed");
+    while !server
+        .gate
+        .cancelled
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "the build went on after its client was killed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut pushed = None;
@@ -275,8 +386,14 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(pushed.is_some(), "the lock was not released after the client was killed");
-    let c2 = git_ok(&repo2, &["rev-parse", "HEAD"]).await?.trim().to_owned();
+    assert!(
+        pushed.is_some(),
+        "the lock was not released after the client was killed"
+    );
+    let c2 = git_ok(&repo2, &["rev-parse", "HEAD"])
+        .await?
+        .trim()
+        .to_owned();
     assert_server_repo(&server, &app, &[("refs/heads/main", &c2)]).await?;
     Ok(())
 }
@@ -313,14 +430,21 @@ async fn lock_of_a_dead_process_does_not_block() -> Result {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(refused.is_some(), "a lock held by another process was ignored");
+    assert!(
+        refused.is_some(),
+        "a lock held by another process was ignored"
+    );
 
     // That process dies (as a crashed server would), leaving its lock file behind with a dead
     // PID in it: the next push goes through.
     holder.kill().await?;
     std::fs::write(&lock, "ghost\n2020-01-01T00:00:00Z\npid 4194303\n")?;
     let push = git(&repo, &["push", &url, "main"]).await?;
-    assert!(push.ok, "a dead process's lock blocked the push:\n{}", push.stderr);
+    assert!(
+        push.ok,
+        "a dead process's lock blocked the push:\n{}",
+        push.stderr
+    );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c1)]).await?;
 
     // A second server on the same data directory (after a restart) pushes as well.

@@ -14,59 +14,107 @@ async fn materializes_files_modes_and_symlinks() -> Result {
     let repo = client_repo(work.path()).await?;
     std::fs::create_dir_all(repo.join("bin/deep"))?;
     std::fs::write(repo.join("bin/run.sh"), "#!/bin/sh\necho hi\n")?;
-    std::fs::set_permissions(repo.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(
+        repo.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
     std::fs::write(repo.join("bin/deep/data.txt"), "data\n")?;
     std::os::unix::fs::symlink("bin/run.sh", repo.join("start"))?;
     std::os::unix::fs::symlink("/etc/passwd", repo.join("outside"))?;
     let commit = commit_file(&repo, "README", b"readme\n", "Add the app\n\nWith a body.").await?;
-    git_ok(&repo, &["push", &server.url("src"), "main:refs/heads/source"]).await?;
+    git_ok(
+        &repo,
+        &["push", &server.url("src"), "main:refs/heads/source"],
+    )
+    .await?;
 
     let dest = tempfile::tempdir()?;
     let (events, mut stream) = Events::channel();
     let rev = server
         .server
         .source()
-        .materialize(&app, &Revision::new(&commit).with_ref_name("refs/heads/source"), dest.path(), &events)
+        .materialize(
+            &app,
+            &Revision::new(&commit).with_ref_name("refs/heads/source"),
+            dest.path(),
+            &events,
+        )
         .await?;
     drop(events);
     assert_eq!(rev.commit, commit);
     assert_eq!(rev.ref_name, "refs/heads/source");
     assert_eq!(rev.author, "Alice <alice@example.com>");
     assert_eq!(rev.message, "Add the app\n\nWith a body.");
-    assert_eq!(rev.time, Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_704_164_645)));
+    assert_eq!(
+        rev.time,
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_704_164_645))
+    );
     let mut logs = vec![];
     while let Some(e) = stream.recv().await {
         logs.push(e.render());
     }
-    assert!(logs.iter().any(|l| l.contains("Checked out 5 files")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("Checked out 5 files")),
+        "{logs:?}"
+    );
 
     let d = dest.path();
     assert!(!d.join(".git").exists());
-    assert_eq!(std::fs::read_to_string(d.join("bin/deep/data.txt"))?, "data\n");
-    let mode = std::fs::metadata(d.join("bin/run.sh"))?.permissions().mode();
+    assert_eq!(
+        std::fs::read_to_string(d.join("bin/deep/data.txt"))?,
+        "data\n"
+    );
+    let mode = std::fs::metadata(d.join("bin/run.sh"))?
+        .permissions()
+        .mode();
     assert!(mode & 0o111 != 0, "the executable bit was lost: {mode:o}");
     let mode = std::fs::metadata(d.join("README"))?.permissions().mode();
-    assert!(mode & 0o111 == 0, "a plain file became executable: {mode:o}");
-    assert_eq!(std::fs::read_link(d.join("start"))?, std::path::Path::new("bin/run.sh"));
-    assert_eq!(std::fs::read_link(d.join("outside"))?, std::path::Path::new("/etc/passwd"));
+    assert!(
+        mode & 0o111 == 0,
+        "a plain file became executable: {mode:o}"
+    );
+    assert_eq!(
+        std::fs::read_link(d.join("start"))?,
+        std::path::Path::new("bin/run.sh")
+    );
+    assert_eq!(
+        std::fs::read_link(d.join("outside"))?,
+        std::path::Path::new("/etc/passwd")
+    );
 
     // Unknown commits and apps are named as such.
     let other = tempfile::tempdir()?;
     let err = server
         .server
         .source()
-        .materialize(&app, &Revision::new("1".repeat(40)), other.path(), &Events::discard())
+        .materialize(
+            &app,
+            &Revision::new("1".repeat(40)),
+            other.path(),
+            &Events::discard(),
+        )
         .await
         .err()
         .ok_or("an unknown commit was checked out")?;
-    assert!(err.to_string().contains("is not in the repository of src"), "{err}");
+    assert!(
+        err.to_string().contains("is not in the repository of src"),
+        "{err}"
+    );
     let err = server
         .server
         .source()
-        .materialize(&"ghost".parse()?, &Revision::new(&commit), other.path(), &Events::discard())
+        .materialize(
+            &"ghost".parse()?,
+            &Revision::new(&commit),
+            other.path(),
+            &Events::discard(),
+        )
         .await
         .err()
         .ok_or("an unknown app was checked out")?;
-    assert!(err.to_string().contains("app ghost has no repository"), "{err}");
+    assert!(
+        err.to_string().contains("app ghost has no repository"),
+        "{err}"
+    );
     Ok(())
 }
