@@ -53,7 +53,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::SystemTime;
 
 use gix::bstr::ByteSlice;
 use gix::objs::tree::EntryKind;
@@ -169,9 +168,7 @@ impl FluxDeployerBuilder {
             && !b.contains("..")
             && !b.contains("//")
             && !b.contains("@{")
-            && !b
-                .chars()
-                .any(|c| c.is_control() || " ~^:?*[\\".contains(c));
+            && !b.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c));
         if !valid_branch {
             return Err(GitOpsError::Branch {
                 branch: self.branch,
@@ -287,9 +284,10 @@ impl FluxDeployer {
         let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || {
             if cache.join("HEAD").is_file() {
-                gix::open(&cache).map(drop)
+                gix::open(&cache).map(drop).map_err(|e| e.to_string())
             } else {
-                gix::init_bare(&cache).map(drop)
+                std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
+                gix::init_bare(&cache).map(drop).map_err(|e| e.to_string())
             }
         })
         .await
@@ -319,8 +317,15 @@ impl FluxDeployer {
         })?;
         if !self.has_commit(tip).await? {
             let spec = format!("+{refname}:refs/remotes/gitops/{}", self.branch);
-            self.git(&["fetch", "--quiet", "--no-tags", "--", &self.repository, &spec])
-                .await?;
+            self.git(&[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--",
+                &self.repository,
+                &spec,
+            ])
+            .await?;
         }
         Ok(Some(tip))
     }
@@ -338,11 +343,7 @@ impl FluxDeployer {
     }
 
     /// The app directories and files of the tree at `tip`, and the releases of `app`.
-    async fn read(
-        &self,
-        tip: Option<ObjectId>,
-        app: &AppName,
-    ) -> Result<Snapshot, DeployError> {
+    async fn read(&self, tip: Option<ObjectId>, app: &AppName) -> Result<Snapshot, DeployError> {
         let Some(tip) = tip else {
             return Ok(Snapshot::default());
         };
@@ -426,7 +427,10 @@ impl FluxDeployer {
             files.insert(format!("{dir}/canary.yaml"), yaml(c)?);
             resources.push("canary.yaml");
         }
-        files.insert(format!("{dir}/kustomization.yaml"), kustomization(&resources)?);
+        files.insert(
+            format!("{dir}/kustomization.yaml"),
+            kustomization(&resources)?,
+        );
         let json = serde_json::to_string_pretty(history)
             .map_err(|e| DeployError::other(format!("cannot write the releases of {app}"), e))?;
         files.insert(format!("{dir}/releases.json"), json + "\n");
@@ -576,7 +580,7 @@ impl Deployer for FluxDeployer {
         let mut history = snapshot.releases.clone();
         let previous = history.last();
         let version = previous.map_or(ReleaseVersion::FIRST, |p| p.version.next());
-        let release = new.into_release(version, SystemTime::now(), previous);
+        let release = new.into_release(version, manifests::release_time(), previous);
         if !self.plain_secrets && !release.config.is_empty() {
             let names: Vec<&str> = release.config.iter().map(|(k, _)| k).collect();
             return Err(DeployError::Other {

@@ -43,7 +43,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use hephy_core::{
     async_trait, AppName, DeployError, Deployer, Events, NewRelease, Release, ReleaseVersion,
@@ -237,11 +237,8 @@ impl KubernetesDeployer {
             self.apply(&self.api::<Service>(), &name, service).await?;
         }
         if let Some(canary) = &m.canary {
-            let api: Api<DynamicObject> = Api::namespaced_with(
-                self.client.clone(),
-                self.namespace(),
-                &canary_resource(),
-            );
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), self.namespace(), &canary_resource());
             let params = PatchParams::apply(MANAGER).force();
             api.patch(&name, &params, &Patch::Apply(canary))
                 .await
@@ -499,7 +496,7 @@ impl Deployer for KubernetesDeployer {
         let version = previous
             .as_ref()
             .map_or(ReleaseVersion::FIRST, |p| p.version.next());
-        let release = new.into_release(version, SystemTime::now(), previous.as_ref());
+        let release = new.into_release(version, manifests::release_time(), previous.as_ref());
         let manifests = manifests::render(&release, &self.options)
             .map_err(|e| DeployError::other(format!("cannot deploy {version} of {app}"), e))?;
         events.log(format!(

@@ -178,9 +178,7 @@ impl ManifestOptions {
         let name = key.rsplit('/').next().unwrap_or(key);
         let prefix_ok = match key.rsplit_once('/') {
             Some((prefix, _)) => {
-                !prefix.is_empty()
-                    && prefix.len() <= 253
-                    && prefix.split('.').all(is_dns_label)
+                !prefix.is_empty() && prefix.len() <= 253 && prefix.split('.').all(is_dns_label)
             }
             None => true,
         };
@@ -649,6 +647,17 @@ pub fn ledger_config_map(
         data: Some([(LEDGER_KEY.to_owned(), json)].into()),
         ..ConfigMap::default()
     })
+}
+
+/// The current time at the millisecond precision the release ledger's JSON keeps, so a release
+/// returned by a deployer equals the one read back from its history.
+pub fn release_time() -> std::time::SystemTime {
+    let now = std::time::SystemTime::now();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    std::time::UNIX_EPOCH
+        + Duration::from_millis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Writes `object` as one YAML document.

@@ -128,8 +128,18 @@ async fn second_release_switches_without_failed_requests() -> Result {
         }
     }
     assert!(lines.iter().any(|l| l.starts_with("one listening")), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "stopping on SIGTERM"), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("two listening")), "{lines:?}");
+    // The old release was stopped with SIGTERM, which it logged.
+    let mut all = d.logs(&app, false).await?;
+    let mut lines = vec![];
+    while let Some(line) = all.next_line().await {
+        lines.push(line);
+    }
+    let in_order = lines.len() == 3
+        && lines[0].starts_with("one listening on :")
+        && lines[1] == "stopping on SIGTERM"
+        && lines[2].starts_with("two listening on :");
+    assert!(in_order, "{lines:?}");
 
     d.shutdown().await?;
     assert!(containers_of(&app)?.is_empty());

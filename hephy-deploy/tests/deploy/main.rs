@@ -4,3 +4,6 @@ mod ledger;
 mod local;
 mod support;
 mod unpack;
+mod gitops;
+mod kubernetes;
+mod manifests;

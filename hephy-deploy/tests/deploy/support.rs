@@ -5,10 +5,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hephy_core::{AppName, DeployConfig, NewRelease, Reference, ReleaseCause};
+use hephy_backends::{GoBackend, OciLayoutPublisher};
+use hephy_core::{
+    AppConfig, AppName, BuildContext, DeployConfig, Events, Job, NewRelease, Pipeline, Reference,
+    ReleaseCause,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
@@ -16,21 +20,19 @@ pub type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::res
 /// The repository the fixture images are published under in the layout root.
 pub const REPOSITORY: &str = "hello-fixture";
 
-/// The hello app built once and assembled with umoci into `<root>/hephy.local/hello-fixture`.
+/// The hello app built by hephy-backends' Go backend and published with its OCI layout
+/// publisher into `<root>/hephy.local/hello-fixture`, once per test run.
 pub struct Fixture {
-    _dir: tempfile::TempDir,
     /// The layout root (holds `hephy.local/hello-fixture`).
     pub root: PathBuf,
-    /// VERSION=one, running as the user `app` by name.
+    /// Answers "hello ... from one".
     pub one: Reference,
-    /// VERSION=two.
+    /// Answers "hello ... from two".
     pub two: Reference,
-    /// Exits at once with "failing on purpose" (FAIL set).
+    /// Exits at once with "failing on purpose: on-purpose".
     pub bad: Reference,
-    /// Answers /healthz with 500 (UNHEALTHY set).
+    /// Answers /healthz with 500.
     pub unhealthy: Reference,
-    /// `one` plus a whiteout of /etc/junk and an opaque /opt.
-    pub layered: Reference,
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -46,96 +48,46 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn manifest_digest(layout: &Path, tag: &str) -> Result<String> {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
-    let manifests = index["manifests"].as_array().ok_or("index.json has no manifests")?;
-    manifests
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .and_then(|m| m["digest"].as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("tag {tag} not in {}", layout.display()).into())
+async fn publish(root: &Path, work: &Path, tag: &str, ldflags: &str) -> Result<Reference> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
+    let config = AppConfig::from_toml(
+        "hephy.toml",
+        &format!("[build]\nbackend = \"go\"\n[build.go]\nldflags = \"{ldflags}\"\n"),
+    )?;
+    let pipeline = Pipeline::builder()
+        .backend(Arc::new(GoBackend::new().with_cache_dir(work.join("gocache"))))
+        .publisher(Arc::new(OciLayoutPublisher::new(root)))
+        .build()?;
+    let job = Job::context(REPOSITORY.parse()?, BuildContext::new(&src, config), work.join(tag))
+        .with_tag(tag);
+    let report = pipeline.run(job, &Events::discard()).await?;
+    Ok(report.published.reference)
 }
 
 fn build_fixture() -> Result<Fixture> {
-    let dir = tempfile::tempdir()?;
-    let root = dir.path().join("layouts");
-    let layout = root.join("hephy.local").join(REPOSITORY);
-    std::fs::create_dir_all(layout.parent().ok_or("no parent")?)?;
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(work.join("etc"))?;
-    std::fs::create_dir_all(work.join("opt-old"))?;
-    std::fs::create_dir_all(work.join("opt-new"))?;
-
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
-    let bin = work.join("hello");
-    run(Command::new("go")
-        .args(["build", "-trimpath", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .current_dir(&src)
-        .env("CGO_ENABLED", "0")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOCACHE", dir.path().join("gocache"))
-        .env("HOME", dir.path()))?;
-    std::fs::write(
-        work.join("etc/passwd"),
-        "root:x:0:0:root:/root:/sbin/nologin\napp:x:65532:65532:app:/home/app:/sbin/nologin\n",
-    )?;
-    std::fs::write(work.join("etc/group"), "root:x:0:\napp:x:65532:\n")?;
-    std::fs::write(work.join("junk"), "to be whited out\n")?;
-    std::fs::write(work.join("opt-old/old.txt"), "old\n")?;
-    std::fs::write(work.join("opt-new/new.txt"), "new\n")?;
-
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").arg("init").arg("--layout").arg(&layout))?;
-    run(Command::new("umoci").args(["new", "--image", &image("base")]))?;
-    let insert = |tag: &str, src: &Path, dst: &str| {
-        run(Command::new("umoci")
-            .args(["insert", "--image", &image(tag)])
-            .arg(src)
-            .arg(dst))
-    };
-    insert("base", &work.join("etc"), "/etc")?;
-    insert("base", &bin, "/hello")?;
-    let config = |from: &str, tag: &str, env: &[&str]| {
-        let mut cmd = Command::new("umoci");
-        cmd.args(["config", "--image", &image(from), "--tag", tag])
-            .args(["--config.entrypoint", "/hello", "--config.user", "app"])
-            .args(["--config.env", "GREETING=world"]);
-        for e in env {
-            cmd.args(["--config.env", e]);
-        }
-        run(&mut cmd)
-    };
-    config("base", "one", &["VERSION=one"])?;
-    config("base", "two", &["VERSION=two"])?;
-    config("base", "bad", &["VERSION=bad", "FAIL=on-purpose"])?;
-    config("base", "unhealthy", &["VERSION=unhealthy", "UNHEALTHY=1"])?;
-    // Layers that exercise whiteouts: /etc/junk added then removed, /opt replaced opaquely.
-    config("base", "layered", &["VERSION=layered"])?;
-    insert("layered", &work.join("junk"), "/etc/junk")?;
-    insert("layered", &work.join("opt-old"), "/opt")?;
-    run(Command::new("umoci")
-        .args(["insert", "--image", &image("layered"), "--whiteout", "/etc/junk"]))?;
-    run(Command::new("umoci")
-        .args(["insert", "--image", &image("layered"), "--opaque"])
-        .arg(work.join("opt-new"))
-        .arg("/opt"))?;
-
-    let reference = |tag: &str| -> Result<Reference> {
-        let digest = manifest_digest(&layout, tag)?;
-        Ok(format!("hephy.local/{REPOSITORY}:{tag}@{digest}").parse()?)
-    };
-    Ok(Fixture {
-        one: reference("one")?,
-        two: reference("two")?,
-        bad: reference("bad")?,
-        unhealthy: reference("unhealthy")?,
-        layered: reference("layered")?,
-        root,
-        _dir: dir,
+    // Kept under cargo's per-target temp dir and rebuilt by each test run.
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-fixture");
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("layouts");
+    let work = base.join("work");
+    std::fs::create_dir_all(&work)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        Ok(Fixture {
+            one: publish(&root, &work, "one", "-X main.version=one").await?,
+            two: publish(&root, &work, "two", "-X main.version=two").await?,
+            bad: publish(&root, &work, "bad", "-X main.version=bad -X main.fail=on-purpose").await?,
+            unhealthy: publish(
+                &root,
+                &work,
+                "unhealthy",
+                "-X main.version=sick -X main.unhealthy=yes",
+            )
+            .await?,
+            root: root.clone(),
+        })
     })
 }
 
@@ -143,7 +95,12 @@ fn build_fixture() -> Result<Fixture> {
 pub fn fixture() -> Result<&'static Fixture> {
     static FIXTURE: OnceLock<std::result::Result<Fixture, String>> = OnceLock::new();
     FIXTURE
-        .get_or_init(|| build_fixture().map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            // On a thread of its own, so that async tests can call this too.
+            std::thread::spawn(|| build_fixture().map_err(|e| e.to_string()))
+                .join()
+                .unwrap_or_else(|_| Err("the fixture build panicked".into()))
+        })
         .as_ref()
         .map_err(|e| format!("building the fixture failed: {e}").into())
 }
