@@ -353,7 +353,29 @@ impl GitServer {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        receive::session(&self.inner, user, app, input, output, Mode::FullDuplex).await
+        let mode = Mode::FullDuplex { version1: false };
+        receive::session(&self.inner, user, app, input, output, mode).await
+    }
+
+    /// [`GitServer::receive_pack`] for a client that said which protocol it speaks, as the
+    /// value of `GIT_PROTOCOL` (SSH's environment) or the `Git-Protocol` header: `version=1`
+    /// starts the advertisement with `version 1`; anything else (`version=2` included, which
+    /// git does not use for pushes) gets protocol v0.
+    pub async fn receive_pack_with_protocol<R, W>(
+        &self,
+        user: &User,
+        app: &AppName,
+        git_protocol: Option<&str>,
+        input: R,
+        output: W,
+    ) -> Result<(), ReceiveError>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let version1 = git_protocol.is_some_and(|p| p.split(':').any(|kv| kv == "version=1"));
+        let mode = Mode::FullDuplex { version1 };
+        receive::session(&self.inner, user, app, input, output, mode).await
     }
 
     /// Serves the request half of a stateless (smart HTTP) receive-pack session: `input` holds

@@ -79,7 +79,10 @@ impl ReceiveError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// One connection for advertisement, request and response (SSH, `git daemon`).
-    FullDuplex,
+    FullDuplex {
+        /// The client asked for protocol v1 (`GIT_PROTOCOL=version=1`).
+        version1: bool,
+    },
     /// Smart HTTP's POST: the advertisement was an earlier request.
     Stateless,
 }
@@ -157,7 +160,7 @@ where
     let mut input = tokio::io::BufReader::with_capacity(64 * 1024, input);
     let mut out = Output::new(output);
     let mut guard = None;
-    if mode == Mode::FullDuplex {
+    if let Mode::FullDuplex { version1 } = mode {
         if let Err(e) = authorize(inner, user, app) {
             out.raw(&err_pkt(&e.to_string())).await?;
             return Err(e);
@@ -169,7 +172,7 @@ where
                 return Err(e.into());
             }
         }
-        let ad = advertise(inner, app, false)?;
+        let ad = advertise(inner, app, version1)?;
         out.raw(&ad).await?;
     } else {
         authorize(inner, user, app)?;
@@ -233,7 +236,21 @@ where
     // The pack, unless every command is a delete.
     let mut pack = None;
     if req.commands.iter().any(|c| !c.is_delete()) {
-        match pack::receive(input, &repo_dir, inner.max_push_bytes).await {
+        let received = {
+            let receive = pack::receive(input, &repo_dir, inner.max_push_bytes);
+            tokio::pin!(receive);
+            loop {
+                tokio::select! {
+                    r = &mut receive => break r,
+                    () = tokio::time::sleep(inner.keepalive) => {
+                        // Indexing a large pack is silent; an empty data packet (as git's own
+                        // receive.keepalive) keeps proxies from dropping the connection.
+                        out.keepalive().await?;
+                    }
+                }
+            }
+        };
+        match received {
             Ok(p) => pack = p,
             Err(e) => {
                 if mode == Mode::Stateless {

@@ -103,6 +103,15 @@ impl<W: AsyncWrite + Unpin> Output<W> {
         self.inner.flush().await
     }
 
+    /// Sends an empty side-band data packet, which the client ignores, so that the connection
+    /// does not look idle.
+    pub(crate) async fn keepalive(&mut self) -> io::Result<()> {
+        if self.band.is_some() {
+            self.raw(b"0005\x01").await?;
+        }
+        Ok(())
+    }
+
     /// Sends progress text (channel 2) when side-band is on and the client is not quiet.
     ///
     /// git asks for `quiet` whenever its stderr is not a terminal; like the output of git's own

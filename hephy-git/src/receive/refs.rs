@@ -110,16 +110,18 @@ pub(crate) fn connected(
     tip: ObjectId,
     seen: &mut HashSet<ObjectId>,
 ) -> Result<(), String> {
-    let mut stack = vec![tip];
+    // (object, whether a tree entry says it is a blob)
+    let mut stack = vec![(tip, false)];
     let mut buf = vec![];
     let kind = repo.object_hash();
-    while let Some(id) = stack.pop() {
+    while let Some((id, blob)) = stack.pop() {
         if !seen.insert(id) {
             continue;
         }
         let in_pack = pack.is_some_and(|p| p.contains(&id));
-        if !in_pack {
-            if repo.has_object(id) {
+        // Blobs link to nothing: being there is enough, so they are never inflated here.
+        if !in_pack || blob {
+            if in_pack || repo.has_object(id) {
                 continue;
             }
             return Err(format!(
@@ -137,15 +139,19 @@ pub(crate) fn connected(
                 let tree = commit
                     .tree_id()
                     .map_err(|e| format!("commit {id} is malformed: {e}"))?;
-                stack.push(tree);
-                stack.extend(gix::objs::CommitRefIter::from_bytes(data.data, kind).parent_ids());
+                stack.push((tree, false));
+                stack.extend(
+                    gix::objs::CommitRefIter::from_bytes(data.data, kind)
+                        .parent_ids()
+                        .map(|p| (p, false)),
+                );
             }
             Kind::Tree => {
                 for entry in gix::objs::TreeRefIter::from_bytes(data.data, kind) {
                     let entry = entry.map_err(|e| format!("tree {id} is malformed: {e}"))?;
                     // Submodule commits live in another repository.
                     if !entry.mode.is_commit() {
-                        stack.push(entry.oid.to_owned());
+                        stack.push((entry.oid.to_owned(), entry.mode.is_blob_or_symlink()));
                     }
                 }
             }
@@ -153,7 +159,7 @@ pub(crate) fn connected(
                 let target = gix::objs::TagRefIter::from_bytes(data.data, kind)
                     .target_id()
                     .map_err(|e| format!("tag {id} is malformed: {e}"))?;
-                stack.push(target);
+                stack.push((target, false));
             }
             Kind::Blob => {}
         }
