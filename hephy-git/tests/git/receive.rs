@@ -330,6 +330,18 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     let mut first = first.spawn()?;
+    let stderr = first.stderr.take().ok_or("no stderr")?;
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        // git ends keepalive and log lines with \n; read them as they come.
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let started = tokio::time::Instant::now();
     while !server
         .gate
@@ -342,6 +354,29 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The build is silent now: keepalive lines (every 200 ms in these tests) reach the client.
+    let mut seen = vec![];
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "the push ended without a keepalive line:\n{}",
+                    seen.join("\n")
+                )
+            })?;
+        if line.contains("remote:        ... still building (") {
+            break;
+        }
+        seen.push(line);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("[linux/amd64] gate: waiting until cancelled")),
+        "the build's log did not arrive before the keepalive:\n{}",
+        seen.join("\n")
+    );
 
     // A second push to the same app is refused at once, saying who pushes.
     let other = tempfile::tempdir()?;
