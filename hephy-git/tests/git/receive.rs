@@ -495,3 +495,50 @@ async fn lock_of_a_dead_process_does_not_block() -> Result {
     assert_server_repo(&again, &app, &[("refs/heads/main", &c2)]).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_push_is_all_or_nothing() -> Result {
+    let server = TestServer::start().await?;
+    let app = server.app("atomic")?;
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    let url = server.url("atomic");
+    let c1 = commit_file(&repo, "a.txt", b"a\n", "a").await?;
+    // A branch may only point to a commit: the tree makes one update fail, and --atomic makes
+    // the other fail with it.
+    let tree = format!("{c1}^{{tree}}");
+    let push = git(
+        &repo,
+        &[
+            "push",
+            "--atomic",
+            &url,
+            "main:refs/heads/good",
+            &format!("{tree}:refs/heads/bad"),
+        ],
+    )
+    .await?;
+    assert!(!push.ok, "an atomic push with a bad ref succeeded");
+    assert!(
+        push.stderr
+            .contains("a branch must point to a commit, not a tree"),
+        "{}",
+        push.stderr
+    );
+    assert_server_repo(&server, &app, &[]).await?;
+
+    // Without --atomic the good one lands.
+    let push = git(
+        &repo,
+        &[
+            "push",
+            &url,
+            "main:refs/heads/good",
+            &format!("{tree}:refs/heads/bad"),
+        ],
+    )
+    .await?;
+    assert!(!push.ok);
+    assert_server_repo(&server, &app, &[("refs/heads/good", &c1)]).await?;
+    Ok(())
+}
