@@ -199,6 +199,14 @@ fn index(
             current: Bytes::new(),
         },
     );
+    // A client can only leave out delta bases reachable from the refs it was shown; with no refs
+    // the pack is complete and takes gix's faster pass-through path.
+    let has_refs = repo
+        .references()
+        .ok()
+        .and_then(|r| r.all().ok().map(|mut all| all.next().is_some()))
+        .unwrap_or(true);
+    let thin_pack_lookup = has_refs.then(|| repo.objects.clone());
     let mut progress = gix::progress::Discard;
     let outcome = gix_pack::Bundle::write_to_directory(
         &mut reader,
@@ -207,7 +215,7 @@ fn index(
         interrupt,
         // Thin packs leave out delta bases the client knows the server has; they are looked
         // up here and appended, so the pack on disk stands alone.
-        Some(repo.objects.clone()),
+        thin_pack_lookup,
         repo.object_hash(),
         gix_pack::bundle::write::Options::default(),
     )
