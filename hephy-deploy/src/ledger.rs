@@ -59,7 +59,9 @@ pub enum LedgerError {
         app: AppName,
     },
     /// A release with this number has been recorded already.
-    #[error("release {version} of {app} is already recorded: releases are immutable, make a new one")]
+    #[error(
+        "release {version} of {app} is already recorded: releases are immutable, make a new one"
+    )]
     ReleaseExists {
         /// The app.
         app: AppName,
@@ -341,10 +343,11 @@ impl Ledger {
     }
 
     fn write_path<T: Serialize + ?Sized>(&self, path: &Path, value: &T) -> Result<(), LedgerError> {
-        let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| LedgerError::Corrupt {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut bytes =
+            serde_json::to_vec_pretty(value).map_err(|source| LedgerError::Corrupt {
+                path: path.to_owned(),
+                source,
+            })?;
         bytes.push(b'\n');
         write_atomic(path, &bytes).map_err(io_err("write", path))
     }

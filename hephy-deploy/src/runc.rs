@@ -9,8 +9,8 @@ use hephy_core::{ConfigVars, Resources};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder,
 };
 use serde::Deserialize;
 
@@ -108,7 +108,10 @@ pub struct RuntimeSpec {
 /// name from the image's `/etc/passwd`), env (image env, then config vars, then `PORT`) and
 /// working dir; a read-only root with a writable tmpfs `/tmp`; no new privileges and no
 /// capabilities; the host's network namespace; and memory and CPU limits where cgroups allow.
-pub fn runtime_spec(image: &ImageConfiguration, input: &SpecInput<'_>) -> Result<RuntimeSpec, SpecError> {
+pub fn runtime_spec(
+    image: &ImageConfiguration,
+    input: &SpecInput<'_>,
+) -> Result<RuntimeSpec, SpecError> {
     let mut warnings = vec![];
     let config = image.config().clone().unwrap_or_default();
 
@@ -165,12 +168,6 @@ pub fn runtime_spec(image: &ImageConfiguration, input: &SpecInput<'_>) -> Result
         .ambient(none)
         .build()
         .map_err(build_err)?;
-    let nofile = PosixRlimitBuilder::default()
-        .typ(PosixRlimitType::RlimitNofile)
-        .hard(65536u64)
-        .soft(65536u64)
-        .build()
-        .map_err(build_err)?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(user)
@@ -179,7 +176,6 @@ pub fn runtime_spec(image: &ImageConfiguration, input: &SpecInput<'_>) -> Result
         .cwd(cwd)
         .no_new_privileges(true)
         .capabilities(no_caps)
-        .rlimits(vec![nofile])
         .build()
         .map_err(build_err)?;
 
@@ -211,19 +207,23 @@ pub fn runtime_spec(image: &ImageConfiguration, input: &SpecInput<'_>) -> Result
                 .destination("/etc/resolv.conf")
                 .typ("bind")
                 .source("/etc/resolv.conf")
-                .options(vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()])
+                .options(vec![
+                    "rbind".into(),
+                    "ro".into(),
+                    "nosuid".into(),
+                    "nodev".into(),
+                ])
                 .build()
                 .map_err(build_err)?,
         );
     }
 
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![
-        LinuxDeviceCgroupBuilder::default()
+    let mut resources =
+        LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
             .allow(false)
             .access("rwm")
             .build()
-            .map_err(build_err)?,
-    ]);
+            .map_err(build_err)?]);
     if let Some(limit) = input.resources.memory {
         if input.cgroups.memory {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -289,7 +289,8 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), SpecError> 
     };
     let passwd = read_db(rootfs, "etc/passwd");
     let entry = passwd.iter().find(|f| {
-        f.first().map(String::as_str) == Some(u) || (u.parse::<u32>().is_ok() && f.get(2).map(String::as_str) == Some(u))
+        f.first().map(String::as_str) == Some(u)
+            || (u.parse::<u32>().is_ok() && f.get(2).map(String::as_str) == Some(u))
     });
     let uid = match u.parse::<u32>() {
         Ok(n) => n,
@@ -487,7 +488,7 @@ impl Runc {
             let tail = crate::local::logs::tail(log, 5).join("\n");
             Err(RuncError::Failed {
                 command: format!("run --detach {id}"),
-                message: format!("exit status {status}; its log says:\n{tail}"),
+                message: format!("{status}; its log says:\n{tail}"),
             })
         }
     }

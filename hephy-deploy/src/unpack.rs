@@ -45,7 +45,9 @@ pub enum UnpackError {
         actual: String,
     },
     /// A manifest, index or config is not valid JSON of its kind.
-    #[error("{what} {digest} is not valid: {message}; publish the image again with a conforming tool")]
+    #[error(
+        "{what} {digest} is not valid: {message}; publish the image again with a conforming tool"
+    )]
     Invalid {
         /// What was read (manifest, index, config).
         what: &'static str,
@@ -118,11 +120,12 @@ pub fn blob_path(layout: &Path, digest: &Digest) -> PathBuf {
 }
 
 fn parse_digest(s: &str, what: &'static str) -> Result<Digest, UnpackError> {
-    s.parse().map_err(|e: hephy_core::DigestError| UnpackError::Invalid {
-        what,
-        digest: s.to_owned(),
-        message: e.to_string(),
-    })
+    s.parse()
+        .map_err(|e: hephy_core::DigestError| UnpackError::Invalid {
+            what,
+            digest: s.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// Reads a small blob whole, checking its digest.
@@ -442,7 +445,10 @@ pub fn apply_layer(root: &Path, layer: impl Read, name: &str) -> Result<(), Unpa
                     .ok_or_else(|| bad(&shown, "a hard link without a target".into()))?
                     .into_owned();
                 let target_rel = clean_relative(&target).ok_or_else(|| {
-                    bad(&shown, "its hard link target leaves the root filesystem".into())
+                    bad(
+                        &shown,
+                        "its hard link target leaves the root filesystem".into(),
+                    )
                 })?;
                 let source =
                     secure_join(root, &target_rel).map_err(|e| bad(&shown, e.to_string()))?;

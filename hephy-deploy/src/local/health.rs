@@ -14,7 +14,10 @@ pub(crate) async fn probe(
 ) -> Result<String, String> {
     match tokio::time::timeout(timeout, probe_inner(addr, path)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {}", hephy_core::format_elapsed(timeout))),
+        Err(_) => Err(format!(
+            "no answer within {}",
+            hephy_core::format_elapsed(timeout)
+        )),
     }
 }
 

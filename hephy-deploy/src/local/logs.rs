@@ -82,7 +82,10 @@ pub(crate) fn stream(source: impl LogSource, follow: bool) -> LogStream {
             };
             let file = files[idx].clone();
             let is_last = idx + 1 == files.len();
-            if read_file(&source, &file, follow && is_last, &tx).await.is_err() {
+            if read_file(&source, &file, follow && is_last, &tx)
+                .await
+                .is_err()
+            {
                 return; // the reader went away
             }
             done.push(file);

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use hephy_backends::layout::OciLayout;
+use hephy_backends::RegistryOptions;
 use hephy_core::{
     async_trait, format_elapsed, AppName, ConfigVarError, ConfigVars, DeployError, Deployer,
     Events, NewRelease, Platform, Reference, Release, ReleaseVersion, Stage, Strategy,
@@ -32,7 +34,7 @@ use crate::runc::{runtime_spec, CgroupSupport, Runc, SpecInput};
 use crate::unpack::{self, ResolvedImage};
 
 /// The registry name of images kept in local OCI layouts, as `hephy-backends` publishes them.
-pub const LOCAL_REGISTRY: &str = "hephy.local";
+pub use hephy_backends::LOCAL_REGISTRY;
 
 /// How many log lines an [`DeployError::Unhealthy`] carries.
 const LOG_TAIL: usize = 20;
@@ -49,9 +51,17 @@ pub struct LocalDeployerBuilder {
     drain_timeout: Duration,
     stop_timeout: Duration,
     platform: Platform,
+    registry: RegistryOptions,
 }
 
 impl LocalDeployerBuilder {
+    /// How images from registries are pulled: credentials, plain-HTTP registries, retries
+    /// (default: [`RegistryOptions::from_env`], Docker `config.json` credentials).
+    pub fn registry(mut self, options: RegistryOptions) -> Self {
+        self.registry = options;
+        self
+    }
+
     /// Where `hephy.local/<app>` image references are found: the OCI layout at
     /// `<root>/hephy.local/<repository>` (default: `<data dir>/layouts`).
     pub fn layout_root(mut self, root: impl Into<PathBuf>) -> Self {
@@ -274,6 +284,7 @@ impl LocalDeployer {
             drain_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
             platform: Platform::host(),
+            registry: RegistryOptions::from_env(),
         }
     }
 
@@ -294,7 +305,9 @@ impl LocalDeployer {
             LedgerError::AppExists { .. } => plain(e.to_string()),
             e => e.into(),
         })?;
-        self.inner.ledger.write(app, "router", &RouterState { port })?;
+        self.inner
+            .ledger
+            .write(app, "router", &RouterState { port })?;
         self.slot(app).await?;
         Ok(())
     }
@@ -317,11 +330,11 @@ impl LocalDeployer {
 
     /// The socket address the app's router listens on.
     pub fn addr(&self, app: &AppName) -> Result<SocketAddr, DeployError> {
-        let state: RouterState = self
-            .inner
-            .ledger
-            .read(app, "router")?
-            .ok_or_else(|| plain(format!("app {app} has no router port recorded: destroy and create it again")))?;
+        let state: RouterState = self.inner.ledger.read(app, "router")?.ok_or_else(|| {
+            plain(format!(
+                "app {app} has no router port recorded: destroy and create it again"
+            ))
+        })?;
         Ok(SocketAddr::new(self.inner.opts.bind, state.port))
     }
 
@@ -410,14 +423,18 @@ impl LocalDeployer {
             .map(|l| l.container.clone());
         self.remove_strays(app, keep.as_deref()).await?;
         if keep.is_some() {
-            events.log(format!("{app}: {} is still running; took it over", current.version));
+            events.log(format!(
+                "{app}: {} is still running; took it over",
+                current.version
+            ));
             return Ok(Restored::Reused);
         }
         events.log(format!("{app}: starting {} again", current.version));
         let (image, rootfs) = self.prepare_image(&current.image, events).await?;
         let ready = Instant::now();
         let new = self.launch(&current, &image, &rootfs, events).await?;
-        self.go_live(app, &slot, &mut live, new, ready, events).await?;
+        self.go_live(app, &slot, &mut live, new, ready, events)
+            .await?;
         Ok(Restored::Restarted)
     }
 
@@ -498,15 +515,43 @@ impl LocalDeployer {
             .digest()
             .cloned()
             .ok_or_else(|| plain(format!("image {reference} is not pinned to a digest: deploy the reference a publisher returned, which ends in @sha256:...")))?;
-        let layout = if reference.registry() == LOCAL_REGISTRY {
-            self.inner
+        let (layout, digest) = if reference.registry() == LOCAL_REGISTRY {
+            let dir = self
+                .inner
                 .layout_root
                 .join(LOCAL_REGISTRY)
-                .join(reference.repository())
+                .join(reference.repository());
+            (dir, digest)
         } else {
-            return Err(plain(format!(
-                "cannot pull {reference}: this deployer only runs images from local OCI layouts ({LOCAL_REGISTRY}/...) so far; publish the app with the local publisher"
-            )));
+            // Pulled images are kept per repository, so later releases fetch only new blobs.
+            let dir = self
+                .inner
+                .opts
+                .data_dir
+                .join("images")
+                .join(reference.registry().replace(':', "_"))
+                .join(reference.repository());
+            events.log(format!("pulling {reference}"));
+            let started = Instant::now();
+            let layout = OciLayout::create(&dir).map_err(|e| {
+                other(
+                    format!("cannot create the image cache {}: {e}", dir.display()),
+                    e,
+                )
+            })?;
+            let pulled = self
+                .inner
+                .opts
+                .registry
+                .pull_to_layout(reference, Some(&self.inner.opts.platform), &layout)
+                .await
+                .map_err(|e| other(format!("cannot pull {reference}: {e}"), e))?;
+            events.log(format!(
+                "pulled {} in {}",
+                pulled.short(),
+                format_elapsed(started.elapsed())
+            ));
+            (dir, pulled)
         };
         let platform = self.inner.opts.platform.clone();
         let cache = self.inner.rootfs_cache.clone();
@@ -514,7 +559,7 @@ impl LocalDeployer {
         let reference = reference.clone();
         tokio::task::spawn_blocking(move || {
             let image = unpack::resolve(&layout, &digest, &platform)
-                .map_err(|e| other(format!("cannot read image {reference}"), e))?;
+                .map_err(|e| other(format!("cannot read image {reference}: {e}"), e))?;
             if unpack::is_unpacked(&image, &cache) {
                 ev.log(format!(
                     "image {} already unpacked",
@@ -529,7 +574,7 @@ impl LocalDeployer {
             }
             let started = Instant::now();
             let rootfs = unpack::unpack_rootfs(&image, &cache)
-                .map_err(|e| other(format!("cannot unpack image {reference}"), e))?;
+                .map_err(|e| other(format!("cannot unpack image {reference}: {e}"), e))?;
             if started.elapsed() > Duration::from_millis(50) {
                 ev.log(format!("unpacked in {}", format_elapsed(started.elapsed())));
             }
@@ -574,7 +619,7 @@ impl LocalDeployer {
                 cgroups: self.inner.cgroups,
             },
         )
-        .map_err(|e| other(format!("cannot run image {}", release.image), e))?;
+        .map_err(|e| other(format!("cannot run image {}: {e}", release.image), e))?;
         for w in &spec.warnings {
             events.warn(w);
         }
@@ -585,7 +630,10 @@ impl LocalDeployer {
 
         // A container of this number may be left from an attempt that failed or crashed.
         self.stop_container(&id).await?;
-        events.log(format!("starting {} as container {id} on port {port}", release.version));
+        events.log(format!(
+            "starting {} as container {id} on port {port}",
+            release.version
+        ));
         self.inner
             .runc
             .run_detached(&id, &bundle, &log)
@@ -751,7 +799,10 @@ impl Deployer for LocalDeployer {
         let release = release.into_release(version, SystemTime::now(), current.as_ref());
         if release.deploy.strategy == Strategy::Recreate {
             if let Some(old) = live.take() {
-                events.log(format!("stopping {} first (strategy recreate)", old.version));
+                events.log(format!(
+                    "stopping {} first (strategy recreate)",
+                    old.version
+                ));
                 slot.router.switch(None);
                 self.stop_container(&old.container).await?;
                 self.inner.ledger.remove(&app, "live")?;
@@ -764,7 +815,11 @@ impl Deployer for LocalDeployer {
         }
         self.go_live(&app, &slot, &mut live, new, ready, &events)
             .await?;
-        events.log(format!("{} of {app} is live at {}", release.version, self.url(&app).await?));
+        events.log(format!(
+            "{} of {app} is live at {}",
+            release.version,
+            self.url(&app).await?
+        ));
         Ok(release)
     }
 

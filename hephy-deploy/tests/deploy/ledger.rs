@@ -43,14 +43,20 @@ fn releases_are_numbered_and_survive_reopening() -> Result {
         .collect();
     assert_eq!(
         got,
-        [("v1".to_string(), Some("one")), ("v2".to_string(), Some("two"))]
+        [
+            ("v1".to_string(), Some("one")),
+            ("v2".to_string(), Some("two"))
+        ]
     );
     // The files are hephy-core's Release JSON.
     let text = std::fs::read_to_string(dir.path().join("hello/releases/v2.json"))?;
     let parsed: hephy_core::Release = serde_json::from_str(&text)?;
     assert_eq!(parsed, releases[1]);
 
-    let err = ledger.record(&releases[0]).err().ok_or("recorded v1 twice")?;
+    let err = ledger
+        .record(&releases[0])
+        .err()
+        .ok_or("recorded v1 twice")?;
     assert!(matches!(err, LedgerError::ReleaseExists { .. }), "{err}");
     Ok(())
 }
@@ -63,17 +69,26 @@ fn leftovers_of_a_crash_are_ignored_and_corruption_is_named() -> Result {
     ledger.create_app(&app)?;
     record(&ledger, &app, "one")?;
     // A temporary file from a write that never got renamed.
-    std::fs::write(dir.path().join("crashy/releases/.v2.json.tmp-1-0"), "{\"half")?;
+    std::fs::write(
+        dir.path().join("crashy/releases/.v2.json.tmp-1-0"),
+        "{\"half",
+    )?;
     // A directory of an app whose creation never finished.
     std::fs::create_dir_all(dir.path().join("halfway/releases"))?;
     assert_eq!(ledger.apps()?, vec![app.clone()]);
     assert_eq!(ledger.next_version(&app)?.to_string(), "v2");
 
     write_atomic(&dir.path().join("crashy/releases/v2.json"), b"{not json")?;
-    let err = ledger.releases(&app).err().ok_or("read a corrupt release")?;
+    let err = ledger
+        .releases(&app)
+        .err()
+        .ok_or("read a corrupt release")?;
     let msg = err.to_string();
     assert!(msg.contains("v2.json is corrupt"), "{msg}");
-    assert!(msg.contains("restore it from a backup or remove it"), "{msg}");
+    assert!(
+        msg.contains("restore it from a backup or remove it"),
+        "{msg}"
+    );
     Ok(())
 }
 
@@ -89,7 +104,10 @@ fn apps_are_created_once_and_removed_whole() -> Result {
     ledger.remove_app(&app)?;
     assert!(ledger.apps()?.is_empty());
     assert!(!dir.path().join("twice").exists());
-    let err = ledger.releases(&app).err().ok_or("releases of a removed app")?;
+    let err = ledger
+        .releases(&app)
+        .err()
+        .ok_or("releases of a removed app")?;
     assert!(err.to_string().contains("unknown app twice"), "{err}");
     Ok(())
 }

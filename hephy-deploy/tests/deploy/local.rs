@@ -37,7 +37,9 @@ async fn deploy_serves_through_the_router() -> Result {
     let mut deploy = DeployConfig::default();
     deploy.health.path = Some("/healthz".into());
     let (events, mut stream) = Events::channel();
-    let r = d.deploy(release_with(&app, &f.one, deploy), &events).await?;
+    let r = d
+        .deploy(release_with(&app, &f.one, deploy), &events)
+        .await?;
     drop(events);
     assert_eq!(r.version, v(1));
     assert_eq!(body(addr, "/").await?, "hello world from one\n");
@@ -54,7 +56,10 @@ async fn deploy_serves_through_the_router() -> Result {
         lines.push(e.render());
     }
     let all = lines.join("\n");
-    assert!(all.contains("health check passed: GET /healthz answered 200"), "{all}");
+    assert!(
+        all.contains("health check passed: GET /healthz answered 200"),
+        "{all}"
+    );
     assert!(all.contains("switched traffic to v1 in"), "{all}");
 
     let mut logs = d.logs(&app, false).await?;
@@ -62,7 +67,10 @@ async fn deploy_serves_through_the_router() -> Result {
     assert!(first.starts_with("one listening on :"), "{first}");
 
     d.destroy_app(&app, &Events::discard()).await?;
-    assert!(containers_of(&app)?.is_empty(), "destroy leaves no container");
+    assert!(
+        containers_of(&app)?.is_empty(),
+        "destroy leaves no container"
+    );
     assert!(d.apps().await?.is_empty());
     assert!(get(addr, "/").await.is_err(), "the router is gone");
     Ok(())
@@ -109,26 +117,44 @@ async fn second_release_switches_without_failed_requests() -> Result {
     let (seen, errors) = client.await?;
 
     assert_eq!(r.version, v(2));
-    assert!(errors.is_empty(), "{} failed requests: {errors:?}", errors.len());
+    assert!(
+        errors.is_empty(),
+        "{} failed requests: {errors:?}",
+        errors.len()
+    );
     assert_eq!(failed.load(Ordering::SeqCst), 0);
     assert!(ok.load(Ordering::SeqCst) > 10, "the client loop ran");
     let expected: std::collections::BTreeSet<String> =
-        ["hello world from one\n", "hello world from two\n"].map(String::from).into();
+        ["hello world from one\n", "hello world from two\n"]
+            .map(String::from)
+            .into();
     assert_eq!(seen, expected);
     assert_eq!(body(addr, "/").await?, "hello world from two\n");
-    assert_eq!(containers_of(&app)?, vec![format!("hephy-{app}-v2")], "the old release is stopped");
+    assert_eq!(
+        containers_of(&app)?,
+        vec![format!("hephy-{app}-v2")],
+        "the old release is stopped"
+    );
 
     // The followed log moves on to the new release.
     let mut lines = vec![];
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), follow.next_line()).await {
+    while let Ok(Some(line)) =
+        tokio::time::timeout(Duration::from_secs(5), follow.next_line()).await
+    {
         let done = line.starts_with("two listening");
         lines.push(line);
         if done {
             break;
         }
     }
-    assert!(lines.iter().any(|l| l.starts_with("one listening")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("two listening")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("one listening")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("two listening")),
+        "{lines:?}"
+    );
     // The old release was stopped with SIGTERM, which it logged.
     let mut all = d.logs(&app, false).await?;
     let mut lines = vec![];
@@ -163,11 +189,19 @@ async fn unhealthy_release_leaves_the_old_one_serving() -> Result {
         .await
         .err()
         .ok_or("the failing release deployed")?;
-    let DeployError::Unhealthy { version, log_tail, .. } = &err else {
+    let DeployError::Unhealthy {
+        version, log_tail, ..
+    } = &err
+    else {
         return Err(format!("expected Unhealthy, got {err}").into());
     };
     assert_eq!(*version, v(2));
-    assert!(log_tail.iter().any(|l| l == "failing on purpose: on-purpose"), "{log_tail:?}");
+    assert!(
+        log_tail
+            .iter()
+            .any(|l| l == "failing on purpose: on-purpose"),
+        "{log_tail:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("the previous release keeps serving"), "{msg}");
     assert!(msg.contains("failing on purpose"), "{msg}");
@@ -181,10 +215,17 @@ async fn unhealthy_release_leaves_the_old_one_serving() -> Result {
         .await
         .err()
         .ok_or("the unhealthy release deployed")?;
-    assert!(err.to_string().contains("GET /healthz answered 500"), "{err}");
+    assert!(
+        err.to_string().contains("GET /healthz answered 500"),
+        "{err}"
+    );
 
     assert_eq!(body(addr, "/").await?, "hello world from one\n");
-    assert_eq!(d.releases(&app).await?.len(), 1, "no failed release is recorded");
+    assert_eq!(
+        d.releases(&app).await?.len(),
+        1,
+        "no failed release is recorded"
+    );
     assert_eq!(containers_of(&app)?, vec![format!("hephy-{app}-v1")]);
     d.shutdown().await?;
     Ok(())
@@ -203,7 +244,11 @@ async fn config_and_rollback_make_releases() -> Result {
     d.deploy(release(&app, &f.one), &ev).await?;
 
     let r = d
-        .set_config(&app, &ConfigChange::parse_assignments(["GREETING=there"])?, &ev)
+        .set_config(
+            &app,
+            &ConfigChange::parse_assignments(["GREETING=there"])?,
+            &ev,
+        )
         .await?;
     assert_eq!(r.version, v(2));
     assert!(matches!(r.cause, ReleaseCause::Config { .. }));
@@ -219,7 +264,9 @@ async fn config_and_rollback_make_releases() -> Result {
     assert_eq!(r.cause, ReleaseCause::Rollback { to: v(1) });
     assert_eq!(body(addr, "/").await?, "hello world from one\n");
 
-    let r = d.set_config(&app, &ConfigChange::unset(["GREETING"]), &ev).await;
+    let r = d
+        .set_config(&app, &ConfigChange::unset(["GREETING"]), &ev)
+        .await;
     assert!(r.is_err(), "unsetting a var that is not set fails");
     let versions: Vec<String> = d
         .releases(&app)
@@ -244,11 +291,18 @@ async fn a_new_deployer_brings_the_apps_back() -> Result {
         d.create_app(&app).await?;
         addr = d.addr(&app)?;
         d.deploy(release(&app, &f.one), &Events::discard()).await?;
-        d.set_config(&app, &ConfigChange::parse_assignments(["GREETING=again"])?, &Events::discard())
-            .await?;
+        d.set_config(
+            &app,
+            &ConfigChange::parse_assignments(["GREETING=again"])?,
+            &Events::discard(),
+        )
+        .await?;
         // Dropped without shutdown, as a crash would: the router goes, the container stays.
     }
-    assert!(get(addr, "/").await.is_err(), "nothing listens while the deployer is down");
+    assert!(
+        get(addr, "/").await.is_err(),
+        "nothing listens while the deployer is down"
+    );
 
     let d = deployer(data.path())?;
     let report = d.restore(&Events::discard()).await?;
@@ -258,13 +312,23 @@ async fn a_new_deployer_brings_the_apps_back() -> Result {
 
     // The container died too (a reboot): the release is started again.
     let id = format!("hephy-{app}-v2");
-    let out = std::process::Command::new("runc").args(["delete", "-f", &id]).output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("runc")
+        .args(["delete", "-f", &id])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = deployer(data.path())?;
     let report = d.restore(&Events::discard()).await?;
     assert_eq!(report.restarted, vec![app.clone()], "{report:?}");
     assert_eq!(body(addr, "/").await?, "hello again from one\n");
-    assert_eq!(d.releases(&app).await?.len(), 2, "restoring makes no release");
+    assert_eq!(
+        d.releases(&app).await?.len(),
+        2,
+        "restoring makes no release"
+    );
     d.shutdown().await?;
     Ok(())
 }
@@ -277,10 +341,18 @@ async fn bad_input_gets_clear_errors() -> Result {
     let ev = Events::discard();
     let ghost = unique_app("ghost");
 
-    let err = d.deploy(release(&ghost, &f.one), &ev).await.err().ok_or("deployed to an unknown app")?;
+    let err = d
+        .deploy(release(&ghost, &f.one), &ev)
+        .await
+        .err()
+        .ok_or("deployed to an unknown app")?;
     assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
     assert!(err.to_string().contains("create it first"), "{err}");
-    let err = d.releases(&ghost).await.err().ok_or("releases of an unknown app")?;
+    let err = d
+        .releases(&ghost)
+        .await
+        .err()
+        .ok_or("releases of an unknown app")?;
     assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
     assert!(d.url(&ghost).await.is_err());
     assert!(d.logs(&ghost, false).await.is_err());
@@ -288,7 +360,11 @@ async fn bad_input_gets_clear_errors() -> Result {
     let app = unique_app("errors");
     let _guard = Containers(app.clone());
     d.create_app(&app).await?;
-    let err = d.create_app(&app).await.err().ok_or("created an app twice")?;
+    let err = d
+        .create_app(&app)
+        .await
+        .err()
+        .ok_or("created an app twice")?;
     assert!(err.to_string().contains("already exists"), "{err}");
 
     let err = d
@@ -306,18 +382,37 @@ async fn bad_input_gets_clear_errors() -> Result {
         .await
         .err()
         .ok_or("deployed a bad config var name")?;
-    assert!(err.to_string().contains("invalid config var name \"1BAD\""), "{err}");
+    assert!(
+        err.to_string().contains("invalid config var name \"1BAD\""),
+        "{err}"
+    );
 
     let unpinned = "hephy.local/hello-fixture:one".parse()?;
-    let err = d.deploy(release(&app, &unpinned), &ev).await.err().ok_or("deployed an unpinned image")?;
+    let err = d
+        .deploy(release(&app, &unpinned), &ev)
+        .await
+        .err()
+        .ok_or("deployed an unpinned image")?;
     assert!(err.to_string().contains("not pinned to a digest"), "{err}");
 
     let missing = "hephy.local/nothing-here@sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".parse()?;
-    let err = d.deploy(release(&app, &missing), &ev).await.err().ok_or("deployed a missing image")?;
-    assert!(format!("{err}: {:?}", std::error::Error::source(&err)).contains("no OCI image layout"), "{err:?}");
+    let err = d
+        .deploy(release(&app, &missing), &ev)
+        .await
+        .err()
+        .ok_or("deployed a missing image")?;
+    assert!(
+        format!("{err}: {:?}", std::error::Error::source(&err)).contains("no OCI image layout"),
+        "{err:?}"
+    );
 
-    d.deploy(release(&app, &f.one).with_config(bad_vars), &ev).await?;
-    let err = d.rollback(&app, v(9), &ev).await.err().ok_or("rolled back to v9")?;
+    d.deploy(release(&app, &f.one).with_config(bad_vars), &ev)
+        .await?;
+    let err = d
+        .rollback(&app, v(9), &ev)
+        .await
+        .err()
+        .ok_or("rolled back to v9")?;
     assert!(err.to_string().contains("has no release v9"), "{err}");
     assert_eq!(d.releases(&app).await?.len(), 1);
     d.shutdown().await?;

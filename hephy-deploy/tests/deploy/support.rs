@@ -36,7 +36,9 @@ pub struct Fixture {
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed: {}{}",
@@ -48,6 +50,9 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Builds the app with `ldflags` and publishes it as `hephy.local/hello-fixture:TAG`. The Go
+/// build cache is hephy's shared one, so only the first build on a machine compiles the
+/// standard library.
 async fn publish(root: &Path, work: &Path, tag: &str, ldflags: &str) -> Result<Reference> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
     let config = AppConfig::from_toml(
@@ -55,11 +60,15 @@ async fn publish(root: &Path, work: &Path, tag: &str, ldflags: &str) -> Result<R
         &format!("[build]\nbackend = \"go\"\n[build.go]\nldflags = \"{ldflags}\"\n"),
     )?;
     let pipeline = Pipeline::builder()
-        .backend(Arc::new(GoBackend::new().with_cache_dir(work.join("gocache"))))
+        .backend(Arc::new(GoBackend::new()))
         .publisher(Arc::new(OciLayoutPublisher::new(root)))
         .build()?;
-    let job = Job::context(REPOSITORY.parse()?, BuildContext::new(&src, config), work.join(tag))
-        .with_tag(tag);
+    let job = Job::context(
+        REPOSITORY.parse()?,
+        BuildContext::new(&src, config),
+        work.join(tag),
+    )
+    .with_tag(tag);
     let report = pipeline.run(job, &Events::discard()).await?;
     Ok(report.published.reference)
 }
@@ -78,7 +87,13 @@ fn build_fixture() -> Result<Fixture> {
         Ok(Fixture {
             one: publish(&root, &work, "one", "-X main.version=one").await?,
             two: publish(&root, &work, "two", "-X main.version=two").await?,
-            bad: publish(&root, &work, "bad", "-X main.version=bad -X main.fail=on-purpose").await?,
+            bad: publish(
+                &root,
+                &work,
+                "bad",
+                "-X main.version=bad -X main.fail=on-purpose",
+            )
+            .await?,
             unhealthy: publish(
                 &root,
                 &work,

@@ -35,16 +35,21 @@ fn published_images_unpack_to_a_rootfs() -> Result {
     let layer = image.layers.last().ok_or("no layers")?;
     let damaged = tempfile::tempdir()?;
     copy_dir(&layout, damaged.path())?;
-    let blob = hephy_deploy::unpack::blob_path(damaged.path(), &layer.digest().to_string().parse()?);
+    let blob =
+        hephy_deploy::unpack::blob_path(damaged.path(), &layer.digest().to_string().parse()?);
     let mut bytes = std::fs::read(&blob)?;
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&blob, bytes)?;
     let image = resolve(damaged.path(), digest, &Platform::host())?;
-    let err = unpack_rootfs(&image, tempfile::tempdir()?.path()).err().ok_or("unpacked a damaged blob")?;
+    let err = unpack_rootfs(&image, tempfile::tempdir()?.path())
+        .err()
+        .ok_or("unpacked a damaged blob")?;
     assert!(err.to_string().contains("publish the image again"), "{err}");
 
-    let err = resolve(&f.root.join("nowhere"), digest, &Platform::host()).err().ok_or("resolved nothing")?;
+    let err = resolve(&f.root.join("nowhere"), digest, &Platform::host())
+        .err()
+        .ok_or("resolved nothing")?;
     assert!(matches!(err, UnpackError::NoLayout { .. }), "{err}");
     Ok(())
 }
@@ -63,7 +68,9 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn tar_layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> std::io::Result<()>) -> Result<Vec<u8>> {
+fn tar_layer(
+    build: impl FnOnce(&mut tar::Builder<Vec<u8>>) -> std::io::Result<()>,
+) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(vec![]);
     build(&mut b)?;
     Ok(b.into_inner()?)
@@ -101,8 +108,14 @@ fn layers_cannot_write_outside_the_root() -> Result {
     let l2 = tar_layer(|b| file(b, "escape/owned.txt", b"gotcha"))?;
     apply_layer(root.path(), &l1[..], "l1")?;
     apply_layer(root.path(), &l2[..], "l2")?;
-    assert!(!outside.path().join("owned.txt").exists(), "wrote outside the root");
-    let inside = root.path().join(target.trim_start_matches('/')).join("owned.txt");
+    assert!(
+        !outside.path().join("owned.txt").exists(),
+        "wrote outside the root"
+    );
+    let inside = root
+        .path()
+        .join(target.trim_start_matches('/'))
+        .join("owned.txt");
     assert_eq!(std::fs::read(inside)?, b"gotcha");
 
     // A relative link climbing above the root stops at the root.
@@ -118,7 +131,9 @@ fn layers_cannot_write_outside_the_root() -> Result {
     let name = b"../../evil.txt\0";
     raw[..name.len()].copy_from_slice(name);
     fix_checksum(&mut raw[..512]);
-    let err = apply_layer(root.path(), &raw[..], "l4").err().ok_or("accepted ..")?;
+    let err = apply_layer(root.path(), &raw[..], "l4")
+        .err()
+        .ok_or("accepted ..")?;
     assert!(matches!(err, UnpackError::BadEntry { .. }), "{err}");
     assert!(err.to_string().contains("../../evil.txt"), "{err}");
     Ok(())
@@ -168,14 +183,23 @@ fn gzip_and_zstd_layers_and_whiteouts_by_hand() -> Result {
 fn runtime_spec_follows_the_image_and_release() -> Result {
     let f = fixture()?;
     let layout = f.root.join("hephy.local").join(REPOSITORY);
-    let image = resolve(&layout, f.one.digest().ok_or("unpinned")?, &Platform::host())?;
+    let image = resolve(
+        &layout,
+        f.one.digest().ok_or("unpinned")?,
+        &Platform::host(),
+    )?;
     let cache = tempfile::tempdir()?;
     let rootfs = unpack_rootfs(&image, cache.path())?;
     assert_eq!(resolve_user(&rootfs, "app")?, (65532, 65532));
     assert_eq!(resolve_user(&rootfs, "1000")?, (1000, 0));
     assert_eq!(resolve_user(&rootfs, "app:0")?, (65532, 0));
-    let err = resolve_user(&rootfs, "nobody").err().ok_or("resolved an unknown user")?;
-    assert!(err.to_string().contains("not in the image's /etc/passwd"), "{err}");
+    let err = resolve_user(&rootfs, "nobody")
+        .err()
+        .ok_or("resolved an unknown user")?;
+    assert!(
+        err.to_string().contains("not in the image's /etc/passwd"),
+        "{err}"
+    );
 
     let mut vars = hephy_core::ConfigVars::default();
     vars.set("GREETING", "there")?;
@@ -191,7 +215,10 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
             port: 4321,
             extra_env: vec![],
             resources: &resources,
-            cgroups: CgroupSupport { memory: false, cpu: true },
+            cgroups: CgroupSupport {
+                memory: false,
+                cpu: true,
+            },
         },
     )?;
     let json = serde_json::to_value(&spec.spec)?;
@@ -201,14 +228,31 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    assert!(env.contains(&"GREETING=there"), "config vars override the image: {env:?}");
-    assert!(env.contains(&"PORT=4321"), "PORT overrides the image's: {env:?}");
-    assert_eq!(env.iter().filter(|e| e.starts_with("PORT=")).count(), 1, "{env:?}");
-    let entrypoint = image.config.config().as_ref().and_then(|c| c.entrypoint().clone());
+    assert!(
+        env.contains(&"GREETING=there"),
+        "config vars override the image: {env:?}"
+    );
+    assert!(
+        env.contains(&"PORT=4321"),
+        "PORT overrides the image's: {env:?}"
+    );
+    assert_eq!(
+        env.iter().filter(|e| e.starts_with("PORT=")).count(),
+        1,
+        "{env:?}"
+    );
+    let entrypoint = image
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.entrypoint().clone());
     assert_eq!(json["process"]["args"], serde_json::json!(entrypoint));
     assert_eq!(json["process"]["user"]["uid"], 65532);
     assert_eq!(json["process"]["noNewPrivileges"], true);
-    assert_eq!(json["process"]["capabilities"]["bounding"], serde_json::json!([]));
+    assert_eq!(
+        json["process"]["capabilities"]["bounding"],
+        serde_json::json!([])
+    );
     assert_eq!(json["root"]["readonly"], true);
     assert_eq!(json["root"]["path"], rootfs.to_str().ok_or("path")?);
     let namespaces: Vec<&str> = json["linux"]["namespaces"]
@@ -227,8 +271,15 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
         .ok_or("no /tmp mount")?;
     assert_eq!(tmp["type"], "tmpfs");
     assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50000);
-    assert!(json["linux"]["resources"]["memory"].is_null(), "skipped without a memory cgroup");
+    assert!(
+        json["linux"]["resources"]["memory"].is_null(),
+        "skipped without a memory cgroup"
+    );
     assert_eq!(spec.warnings.len(), 1, "{:?}", spec.warnings);
-    assert!(spec.warnings[0].contains("memory limit"), "{:?}", spec.warnings);
+    assert!(
+        spec.warnings[0].contains("memory limit"),
+        "{:?}",
+        spec.warnings
+    );
     Ok(())
 }
