@@ -98,8 +98,9 @@ fn checkout(
         }
     }
     let tree = decoded.tree();
-    let mut stats = Stats::default();
-    write_tree(&repo, tree, dest, Path::new(""), &mut stats, events)?;
+    let mut jobs = vec![];
+    walk_tree(&repo, tree, dest, Path::new(""), &mut jobs, events)?;
+    let stats = write_files(&repo, jobs)?;
     events.log(format!(
         "Checked out {} files ({} bytes) of {} by {}",
         stats.files,
@@ -120,21 +121,30 @@ fn invalid(problem: String) -> SourceError {
     SourceError::Invalid { problem }
 }
 
-/// Writes the tree `id` into `dir` (which exists). New files and directories are created
-/// exclusively, so a tree that names an entry twice (a symlink and a directory of the same
-/// name) cannot make a write go through a symlink.
-fn write_tree(
+/// A file (or symlink) to write.
+struct FileJob {
+    path: PathBuf,
+    rel: PathBuf,
+    id: ObjectId,
+    kind: EntryKind,
+}
+
+/// Creates the directories of tree `id` under `dir` (which exists) and collects its files.
+///
+/// Directories are created here, before any file or symlink, and everything is created
+/// exclusively: a tree that names an entry twice (a symlink and a directory of the same name)
+/// fails instead of making a write go through a symlink.
+fn walk_tree(
     repo: &gix::Repository,
     id: ObjectId,
     dir: &Path,
     rel: &Path,
-    stats: &mut Stats,
+    jobs: &mut Vec<FileJob>,
     events: &Events,
 ) -> Result<(), SourceError> {
     let tree = repo
         .find_tree(id)
         .map_err(|e| other(format!("cannot read tree {id}"), e))?;
-    let io = |path: PathBuf| move |source| SourceError::Io { path, source };
     for entry in tree.iter() {
         let entry = entry.map_err(|e| other(format!("tree {id} is malformed"), e))?;
         let name = entry.filename().to_str().map_err(|_| {
@@ -161,40 +171,11 @@ fn write_tree(
         let oid = entry.object_id();
         match entry.mode().kind() {
             EntryKind::Tree => {
-                std::fs::create_dir(&path).map_err(io(path.clone()))?;
-                write_tree(repo, oid, &path, &rel_path, stats, events)?;
-            }
-            kind @ (EntryKind::Blob | EntryKind::BlobExecutable) => {
-                let blob = repo
-                    .find_blob(oid)
-                    .map_err(|e| other(format!("cannot read {}", rel_path.display()), e))?;
-                let mode = if kind == EntryKind::BlobExecutable {
-                    0o755
-                } else {
-                    0o644
-                };
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&path)
-                    .map_err(io(path.clone()))?;
-                f.write_all(&blob.data).map_err(io(path.clone()))?;
-                stats.files += 1;
-                stats.bytes += blob.data.len() as u64;
-            }
-            EntryKind::Link => {
-                let blob = repo
-                    .find_blob(oid)
-                    .map_err(|e| other(format!("cannot read {}", rel_path.display()), e))?;
-                let target = blob.data.to_path().map_err(|_| {
-                    invalid(format!(
-                        "the symlink {} has a target that is not a path",
-                        rel_path.display()
-                    ))
+                std::fs::create_dir(&path).map_err(|source| SourceError::Io {
+                    path: path.clone(),
+                    source,
                 })?;
-                symlink(target, &path).map_err(io(path.clone()))?;
-                stats.files += 1;
+                walk_tree(repo, oid, &path, &rel_path, jobs, events)?;
             }
             EntryKind::Commit => {
                 events.warn(format!(
@@ -202,7 +183,86 @@ fn write_tree(
                     rel_path.display()
                 ));
             }
+            kind => jobs.push(FileJob {
+                path,
+                rel: rel_path,
+                id: oid,
+                kind,
+            }),
         }
     }
+    Ok(())
+}
+
+/// Writes the files, on every core: inflating blobs is most of the work.
+fn write_files(repo: &gix::Repository, jobs: Vec<FileJob>) -> Result<Stats, SourceError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+        .min(jobs.len().div_ceil(64).max(1));
+    let mut parts: Vec<Vec<FileJob>> = (0..threads).map(|_| vec![]).collect();
+    for (i, job) in jobs.into_iter().enumerate() {
+        parts[i % threads].push(job);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let repo = repo.clone();
+                scope.spawn(move || {
+                    let mut stats = Stats::default();
+                    for job in part {
+                        write_file(&repo, &job, &mut stats)?;
+                    }
+                    Ok::<_, SourceError>(stats)
+                })
+            })
+            .collect();
+        let mut total = Stats::default();
+        for h in handles {
+            let stats = h.join().map_err(|_| SourceError::Other {
+                message: "a checkout thread panicked".into(),
+                source: None,
+            })??;
+            total.files += stats.files;
+            total.bytes += stats.bytes;
+        }
+        Ok(total)
+    })
+}
+
+fn write_file(repo: &gix::Repository, job: &FileJob, stats: &mut Stats) -> Result<(), SourceError> {
+    let io = |source| SourceError::Io {
+        path: job.path.clone(),
+        source,
+    };
+    let blob = repo
+        .find_blob(job.id)
+        .map_err(|e| other(format!("cannot read {}", job.rel.display()), e))?;
+    if job.kind == EntryKind::Link {
+        let target = blob.data.to_path().map_err(|_| {
+            invalid(format!(
+                "the symlink {} has a target that is not a path",
+                job.rel.display()
+            ))
+        })?;
+        symlink(target, &job.path).map_err(io)?;
+    } else {
+        let mode = if job.kind == EntryKind::BlobExecutable {
+            0o755
+        } else {
+            0o644
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&job.path)
+            .map_err(io)?;
+        f.write_all(&blob.data).map_err(io)?;
+        stats.bytes += blob.data.len() as u64;
+    }
+    stats.files += 1;
     Ok(())
 }

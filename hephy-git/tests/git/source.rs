@@ -118,3 +118,81 @@ async fn materializes_files_modes_and_symlinks() -> Result {
     );
     Ok(())
 }
+
+/// Writes an object into a bare repository with the real git (`--literally`, so git does not
+/// refuse the malformed trees these tests need).
+async fn hash_object(repo: &std::path::Path, kind: &str, data: &[u8]) -> Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = git_command(
+        repo,
+        &["hash-object", "-w", "--literally", "-t", kind, "--stdin"],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    stdin.write_all(data).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    assert!(out.status.success(), "git hash-object failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn raw_id(hex: &str) -> Result<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| Ok(u8::from_str_radix(&hex[i..i + 2], 16)?))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_cannot_write_through_a_symlink_or_escape() -> Result {
+    let server = TestServer::start().await?;
+    let app = server.app("evil")?;
+    let repo = server.server.repo_dir(&app);
+    let outside = tempfile::tempdir()?;
+    let target = outside.path().display().to_string();
+    let link = hash_object(&repo, "blob", target.as_bytes()).await?;
+    let payload = hash_object(&repo, "blob", b"owned\n").await?;
+    let mut inner = b"100644 f\0".to_vec();
+    inner.extend(raw_id(&payload)?);
+    let inner = hash_object(&repo, "tree", &inner).await?;
+
+    // `a` twice: a symlink out of the context, then a directory whose file would land there.
+    let mut evil = b"120000 a\0".to_vec();
+    evil.extend(raw_id(&link)?);
+    evil.extend(b"40000 a\0");
+    evil.extend(raw_id(&inner)?);
+    // And an entry named `..`.
+    let mut dots = b"40000 ..\0".to_vec();
+    dots.extend(raw_id(&inner)?);
+
+    for tree in [evil, dots] {
+        let tree = hash_object(&repo, "tree", &tree).await?;
+        let commit = hash_object(
+            &repo,
+            "commit",
+            format!("tree {tree}\nauthor A <a@b> 0 +0000\ncommitter A <a@b> 0 +0000\n\nevil\n")
+                .as_bytes(),
+        )
+        .await?;
+        let dest = tempfile::tempdir()?;
+        let r = server
+            .server
+            .source()
+            .materialize(
+                &app,
+                &Revision::new(&commit),
+                dest.path(),
+                &Events::discard(),
+            )
+            .await;
+        assert!(r.is_err(), "a malicious tree was checked out");
+        assert!(
+            std::fs::read_dir(outside.path())?.next().is_none(),
+            "a file was written outside the build context"
+        );
+        assert!(!dest.path().parent().ok_or("no parent")?.join("f").exists());
+    }
+    Ok(())
+}
