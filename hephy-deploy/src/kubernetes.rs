@@ -321,7 +321,13 @@ impl KubernetesDeployer {
                 .await
                 .map_err(|e| api_error(&format!("list the pods of {name}"), e))?;
             let mut waiting = None;
-            for pod in &list.items {
+            // Terminating pods are left out: they may be the crash-looping pods of an earlier
+            // failed attempt at the same release number, scaled away when it was undone.
+            let live = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none());
+            for pod in live {
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
                 let statuses = pod.status.iter().flat_map(|s| {
                     s.init_container_statuses

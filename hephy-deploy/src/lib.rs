@@ -6,6 +6,12 @@
 //! durable release [`ledger`], image [`unpack`]ing, the [`runc`] runtime spec and commands, and
 //! the TCP [`router`].
 //!
+//! When an app outgrows one machine, [`kubernetes::KubernetesDeployer`] runs its releases as
+//! Deployments in a cluster (server-side apply, rollout watch, the release ledger in a
+//! ConfigMap), and [`gitops::FluxDeployer`] hands them to Flux as one commit per release on a
+//! GitOps repository. Both render the same objects with [`manifests`]. What of them has not
+//! been verified against a live cluster is listed in `KUBERNETES.md`.
+//!
 //! This crate is not for building or publishing images (that is `hephy-backends`) nor for
 //! receiving pushes (`hephy-git`).
 //!

@@ -370,7 +370,7 @@ fn resources(release: &Release) -> Result<Option<ResourceRequirements>, Manifest
         }
         // The conversion is exact: `milli` is a whole number within u32's range.
         let milli = milli as u64;
-        let q = if milli % 1000 == 0 {
+        let q = if milli.is_multiple_of(1000) {
             (milli / 1000).to_string()
         } else {
             format!("{milli}m")
@@ -511,7 +511,8 @@ pub fn render(release: &Release, options: &ManifestOptions) -> Result<Manifests,
         spec: DeploymentSpec {
             replicas: Some(i32::try_from(deploy.replicas).unwrap_or(i32::MAX)),
             revision_history_limit: Some(10),
-            progress_deadline_seconds: Some(seconds(deploy.health.timeout)),
+            // A rollout step may take the health timeout plus a minute to pull the image.
+            progress_deadline_seconds: Some(seconds(deploy.health.timeout).saturating_add(60)),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..LabelSelector::default()
@@ -600,7 +601,7 @@ fn canary(
     });
     let mut spec = serde_json::json!({
         "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": release.app.as_str()},
-        "progressDeadlineSeconds": seconds(deploy.health.timeout),
+        "progressDeadlineSeconds": seconds(deploy.health.timeout).saturating_add(60),
         "service": {
             "port": options.service_port,
             "targetPort": deploy.port,
