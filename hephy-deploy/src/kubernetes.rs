@@ -4,7 +4,7 @@
 //! fields it sets and a `kubectl edit` of them is overwritten by the next release) of the
 //! objects [`manifests::render`] makes: the Secret with the config vars, the Deployment and the
 //! Service (or a Flagger `Canary` for `strategy = "blue-green"` and `"canary"`). The deployer
-//! then watches the Deployment's status (`observedGeneration`, `updatedReplicas`,
+//! then reads, every poll interval, the Deployment's status (`observedGeneration`, `updatedReplicas`,
 //! `availableReplicas`, the `Progressing` condition) and the new release's pods until the
 //! rollout completes, reporting progress as events. A rollout fails when it does not finish
 //! in time, when the Deployment's progress deadline passes, or at once when a pod of the new

@@ -41,6 +41,8 @@ struct State {
     broken_images: BTreeSet<String>,
     /// Pods never come up and never fail (for the timeout test).
     pending: bool,
+    /// A crash-looping pod of an earlier attempt is still terminating.
+    terminating: bool,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -169,6 +171,16 @@ async fn api(
                     },
                 }));
             }
+        }
+        if s.terminating {
+            items.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "hello-old-fghij", "namespace": "apps", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "status": {"containerStatuses": [{
+                    "name": "hello", "image": "", "imageID": "", "ready": false, "restartCount": 5,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                }]},
+            }));
         }
         return ok_json(&json!({
             "apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items,
@@ -440,8 +452,12 @@ async fn crash_looping_release_reports_the_pod_and_reapplies_the_previous_one() 
     );
     assert_eq!(deployer.releases(&r1.app).await?, vec![r1.clone()]);
 
-    // The next good release is v2 again: the failed one did not take the number.
-    api.set(|s| s.broken_images.clear());
+    // The next good release is v2 again: the failed one did not take the number. A pod of the
+    // failed attempt that is still terminating does not fail it.
+    api.set(|s| {
+        s.broken_images.clear();
+        s.terminating = true;
+    });
     let r2 = deployer
         .deploy(new_release("hello", 3, "")?, &events)
         .await?;
