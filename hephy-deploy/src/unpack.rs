@@ -62,7 +62,7 @@ pub enum UnpackError {
         /// The index.
         digest: Digest,
         /// The platform asked for.
-        platform: Platform,
+        platform: String,
         /// The platforms it has.
         available: String,
     },
@@ -257,7 +257,7 @@ pub fn resolve(
                 .find(|m| descriptor_platform(m).is_some_and(|p| p.matches(platform)))
                 .ok_or_else(|| UnpackError::NoPlatform {
                     digest: digest.clone(),
-                    platform: platform.clone(),
+                    platform: platform.to_string(),
                     available: index
                         .manifests()
                         .iter()

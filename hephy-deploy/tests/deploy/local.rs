@@ -418,3 +418,48 @@ async fn bad_input_gets_clear_errors() -> Result {
     d.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_registry() -> Result {
+    use hephy_backends::testing::TestRegistry;
+    use hephy_backends::{RegistryAuth, RegistryOptions, RegistryPublisher};
+
+    fixture()?; // warms the Go build cache
+    let registry = TestRegistry::start()?;
+    let options = RegistryOptions::new()
+        .auth(RegistryAuth::Anonymous)
+        .insecure(registry.host());
+    let publisher = RegistryPublisher::builder(registry.host())
+        .prefix("apps")
+        .options(options.clone())
+        .build()?;
+    let work = tempfile::tempdir()?;
+    let image = publish_with(
+        Arc::new(publisher),
+        work.path(),
+        "reg",
+        "-X main.version=pulled",
+    )
+    .await?;
+    assert_eq!(image.registry(), registry.host());
+
+    let data = tempfile::tempdir()?;
+    let app = unique_app("pulled");
+    let _guard = Containers(app.clone());
+    let d = LocalDeployer::builder(data.path())
+        .registry(options)
+        .stop_timeout(Duration::from_secs(5))
+        .build()?;
+    d.create_app(&app).await?;
+    let (events, mut stream) = Events::channel();
+    d.deploy(release(&app, &image), &events).await?;
+    drop(events);
+    assert_eq!(body(d.addr(&app)?, "/").await?, "hello world from pulled\n");
+    let mut lines = vec![];
+    while let Some(e) = stream.recv().await {
+        lines.push(e.render());
+    }
+    assert!(lines.iter().any(|l| l.contains("pulling ")), "{lines:?}");
+    d.shutdown().await?;
+    Ok(())
+}

@@ -54,6 +54,16 @@ fn run(cmd: &mut Command) -> Result<String> {
 /// build cache is hephy's shared one, so only the first build on a machine compiles the
 /// standard library.
 async fn publish(root: &Path, work: &Path, tag: &str, ldflags: &str) -> Result<Reference> {
+    publish_with(Arc::new(OciLayoutPublisher::new(root)), work, tag, ldflags).await
+}
+
+/// Builds the app with `ldflags` and publishes it with `publisher` as `hello-fixture:TAG`.
+pub async fn publish_with(
+    publisher: Arc<dyn hephy_core::Publisher>,
+    work: &Path,
+    tag: &str,
+    ldflags: &str,
+) -> Result<Reference> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello");
     let config = AppConfig::from_toml(
         "hephy.toml",
@@ -61,7 +71,7 @@ async fn publish(root: &Path, work: &Path, tag: &str, ldflags: &str) -> Result<R
     )?;
     let pipeline = Pipeline::builder()
         .backend(Arc::new(GoBackend::new()))
-        .publisher(Arc::new(OciLayoutPublisher::new(root)))
+        .publisher(publisher)
         .build()?;
     let job = Job::context(
         REPOSITORY.parse()?,
