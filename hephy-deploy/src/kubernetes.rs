@@ -159,7 +159,9 @@ impl KubernetesDeployerBuilder {
 /// Why a rollout failed.
 struct RolloutFailure {
     reason: String,
-    pod: Option<(String, bool)>,
+    /// The pod and container that crashed, whose previous run's log explains why. Pods that
+    /// never started (image pull, config errors) have no log.
+    crashed: Option<(String, String)>,
 }
 
 impl KubernetesDeployer {
@@ -312,7 +314,7 @@ impl KubernetesDeployer {
                             "the Deployment's progress deadline passed: {}",
                             c.message.as_deref().unwrap_or("no message")
                         ),
-                        pod: None,
+                        crashed: None,
                     }));
                 }
             }
@@ -347,10 +349,11 @@ impl KubernetesDeployer {
                         _ => format!("pod {pod_name} container {}: {reason}", cs.name),
                     };
                     if FATAL_REASONS.contains(&reason.as_str()) {
-                        let crashed = reason == "CrashLoopBackOff";
+                        let crashed = (reason == "CrashLoopBackOff")
+                            .then(|| (pod_name.clone(), cs.name.clone()));
                         return Ok(Err(RolloutFailure {
                             reason: text,
-                            pod: Some((pod_name, crashed)),
+                            crashed,
                         }));
                     }
                     waiting.get_or_insert(text);
@@ -378,16 +381,20 @@ impl KubernetesDeployer {
                     reason.push_str("; ");
                     reason.push_str(&w);
                 }
-                return Ok(Err(RolloutFailure { reason, pod: None }));
+                return Ok(Err(RolloutFailure {
+                    reason,
+                    crashed: None,
+                }));
             }
             tokio::time::sleep(self.poll_interval).await;
         }
     }
 
-    async fn log_tail(&self, pod: &str, container: &str, previous: bool) -> Vec<String> {
+    /// The last lines the crashed container's previous run wrote.
+    async fn log_tail(&self, pod: &str, container: &str) -> Vec<String> {
         let params = LogParams {
             container: Some(container.to_owned()),
-            previous,
+            previous: true,
             tail_lines: Some(LOG_TAIL),
             ..LogParams::default()
         };
@@ -522,8 +529,8 @@ impl Deployer for KubernetesDeployer {
                 self.namespace()
             ));
         } else if let Err(failure) = self.wait_rollout(&release, generation, events).await? {
-            let log_tail = match &failure.pod {
-                Some((pod, previous)) => self.log_tail(pod, app.as_str(), *previous).await,
+            let log_tail = match &failure.crashed {
+                Some((pod, container)) => self.log_tail(pod, container).await,
                 None => Vec::new(),
             };
             match &previous {

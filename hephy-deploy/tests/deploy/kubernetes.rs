@@ -39,6 +39,8 @@ struct State {
     resource_version: u64,
     deployment_reads: u32,
     broken_images: BTreeSet<String>,
+    /// Images whose pull fails.
+    unpullable_images: BTreeSet<String>,
     /// Pods never come up and never fail (for the timeout test).
     pending: bool,
     /// A crash-looping pod of an earlier attempt is still terminating.
@@ -151,8 +153,11 @@ async fn api(
             .map(|(_, v)| v.clone());
         let mut items = Vec::new();
         if let Some(d) = deployment {
-            let broken = s.broken_images.contains(&container_image(&d));
-            let waiting = if broken {
+            let unpullable = s.unpullable_images.contains(&container_image(&d));
+            let broken = unpullable || s.broken_images.contains(&container_image(&d));
+            let waiting = if unpullable {
+                json!({"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
+            } else if broken {
                 json!({"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container=hello pod=hello-7d9f-abcde"})
             } else {
                 json!({"reason": "ContainerCreating"})
@@ -195,7 +200,10 @@ async fn api(
             s.deployment_reads += 1;
             let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
             let generation = obj["metadata"]["generation"].clone();
-            let healthy = !s.broken_images.contains(&container_image(&obj)) && !s.pending;
+            let image = container_image(&obj);
+            let healthy = !s.broken_images.contains(&image)
+                && !s.unpullable_images.contains(&image)
+                && !s.pending;
             // The first read shows the rollout half way, the next ones complete.
             let (updated, available) = if !healthy {
                 (1, 0)
@@ -601,5 +609,47 @@ async fn flagger_strategy_applies_a_canary_and_leaves_promotion_to_flagger() -> 
         ]
     );
     check_apply(&reqs[3], "flagger.app/v1beta1", "Canary", "hello");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unpullable_image_fails_at_once_without_reading_a_log() -> Result {
+    let api = start().await?;
+    let deployer = api.deployer()?;
+    let events = Events::discard();
+    deployer
+        .deploy(new_release("hello", 1, "")?, &events)
+        .await?;
+    api.set(|s| {
+        s.unpullable_images.insert(format!(
+            "registry.example.com:5000/team/hello@sha256:{}",
+            "02".repeat(32)
+        ));
+    });
+    api.clear();
+    let err = deployer
+        .deploy(new_release("hello", 2, "")?, &events)
+        .await
+        .err()
+        .ok_or("an unpullable image must fail")?;
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "pod hello-7d9f-abcde container hello: ImagePullBackOff: Back-off pulling image"
+        ),
+        "{text}"
+    );
+    let reqs = api.requests();
+    assert!(
+        !reqs.iter().any(|r| r.path.ends_with("/log")),
+        "a container that never started has no log to read"
+    );
+    assert_eq!(
+        reqs.iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
+            .count(),
+        2,
+        "the failed release, then v1 again"
+    );
     Ok(())
 }
