@@ -463,3 +463,54 @@ async fn images_are_pulled_from_a_registry() -> Result {
     d.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_strategy_and_resource_limits() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("recreate");
+    let _guard = Containers(app.clone());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+    let mut deploy = DeployConfig::default();
+    deploy.strategy = hephy_core::Strategy::Recreate;
+    deploy.resources.memory = Some(128 << 20);
+    deploy.resources.cpus = Some(0.5);
+    let (events, mut stream) = Events::channel();
+    d.deploy(release_with(&app, &f.one, deploy.clone()), &events)
+        .await?;
+    d.deploy(release_with(&app, &f.two, deploy), &events)
+        .await?;
+    drop(events);
+    assert_eq!(body(addr, "/").await?, "hello world from two\n");
+    assert_eq!(containers_of(&app)?, vec![format!("hephy-{app}-v2")]);
+    let mut lines = vec![];
+    while let Some(e) = stream.recv().await {
+        lines.push(e.render());
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stopping v1 first (strategy recreate)")),
+        "{lines:?}"
+    );
+    // The limits are in the spec, unless this host cannot apply them (then a warning says so).
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        data.path()
+            .join(format!("apps/{app}/bundles/v2/config.json")),
+    )?)?;
+    let cg = hephy_deploy::runc::CgroupSupport::detect();
+    assert_eq!(
+        spec["linux"]["resources"]["memory"]["limit"].as_u64(),
+        cg.memory.then_some(128 << 20),
+        "{lines:?}"
+    );
+    assert_eq!(
+        spec["linux"]["resources"]["cpu"]["quota"].as_i64(),
+        cg.cpu.then_some(50_000),
+        "{lines:?}"
+    );
+    d.shutdown().await?;
+    Ok(())
+}

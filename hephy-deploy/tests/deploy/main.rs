@@ -1,9 +1,9 @@
 //! Integration tests of hephy-deploy.
 
-mod ledger;
-mod local;
-mod support;
-mod unpack;
 mod gitops;
 mod kubernetes;
+mod ledger;
+mod local;
 mod manifests;
+mod support;
+mod unpack;
