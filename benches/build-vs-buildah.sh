@@ -114,7 +114,7 @@ skopeo inspect --raw --tls-verify=false "docker://$HOST/bench/hello:v1" >/dev/nu
 skopeo inspect --raw --tls-verify=false "docker://$HOST/bench/buildah:v1" >/dev/null
 
 echo "==> hephy: change one file, rebuild + push"
-CHANGED=$(find "$CTX" -name 'text-*.txt' | sort | head -n 1)
+CHANGED="$CTX/d00/s0/text-0001.txt"
 echo "one more line" >>"$CHANGED"
 T0=$(now)
 "$BENCH" push "$CTX" "$HOST" hello v2 "$TMP/work2" >"$TMP/hephy2.txt" 2>"$TMP/hephy2.log"

@@ -535,7 +535,10 @@ impl Publisher for RegistryPublisher {
             .map_err(|e| PublishError::Invalid {
                 problem: format!("cannot name the image: {e}"),
             })?;
-        let (manifests, blobs) = self.collect(request, &repository).await?;
+        let (mut manifests, blobs) = self.collect(request, &repository).await?;
+        // The index lists platforms in a fixed order, so the same build gives the same digest
+        // whatever order the builds finished in.
+        manifests.sort_by_key(|m| m.platform.as_ref().map(Platform::to_string));
         let target = super::oci_reference(&reference);
         events.log(format!("pushing to {reference}"));
 

@@ -386,6 +386,96 @@ async fn an_unreachable_registry_names_the_address() -> Result {
     Ok(())
 }
 
+/// A loopback proxy in front of a registry that spoils the first request of its first `faults`
+/// connections: odd ones get `503 Service Unavailable`, even ones are dropped unanswered.
+/// Returns its address and the count of faults injected so far.
+async fn flaky_proxy(
+    upstream: std::net::SocketAddr,
+    faults: usize,
+) -> Result<(String, Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let injected = Arc::new(AtomicUsize::new(0));
+    let count = injected.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut client, _)) = listener.accept().await {
+            n += 1;
+            if n <= faults {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    // Wait for the request to arrive, then spoil it.
+                    let mut buf = [0u8; 1024];
+                    let _ = client.read(&mut buf).await;
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if n % 2 == 1 {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                    // Dropping the socket closes the connection (unanswered for even ones).
+                });
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    Ok((addr.to_string(), injected))
+}
+
+#[tokio::test]
+async fn server_errors_and_dropped_connections_are_retried() -> Result {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir()?;
+    let registry = TestRegistry::start()?;
+    let image = build_files(tmp.path()).await?;
+    let request = PublishRequest::new("site".parse()?, "v1", vec![image]);
+    let opts = |host: &str, retries: u32| {
+        RegistryOptions::new()
+            .auth(RegistryAuth::Anonymous)
+            .insecure(host)
+            .concurrency(1)
+            .retries(retries, Duration::from_millis(10))
+    };
+
+    // Without retries, the first spoiled request fails the push.
+    let (host, _) = flaky_proxy(registry.addr(), 4).await?;
+    let no_retries = RegistryPublisher::builder(&host)
+        .options(opts(&host, 0))
+        .build()?;
+    assert!(
+        no_retries
+            .publish(&request, &Events::discard())
+            .await
+            .is_err(),
+        "a 503 without retries should fail the push"
+    );
+
+    // With retries, the push goes through every fault.
+    let (host, injected) = flaky_proxy(registry.addr(), 4).await?;
+    let publisher = RegistryPublisher::builder(&host)
+        .options(opts(&host, 5))
+        .build()?;
+    let published = publisher.publish(&request, &Events::discard()).await?;
+    assert!(
+        injected.load(Ordering::SeqCst) >= 3,
+        "the proxy should have spoiled several requests, spoiled {}",
+        injected.load(Ordering::SeqCst)
+    );
+    let raw = skopeo_inspect_raw_bytes(&format!("{}/site:v1", registry.host()), None)?;
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&raw)),
+        published.digest.to_string()
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_registry_names_are_refused_when_building() {
     let err = RegistryPublisher::builder("https://registry.example/x")
