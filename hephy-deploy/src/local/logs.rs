@@ -36,7 +36,9 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
 ///
 /// Read it with [`LogStream::next_line`] or as a [`futures_util::Stream`]. Without `follow` it
 /// ends after the last line written so far; with `follow` it waits for more, moving on to the
-/// log of each newer release as it goes live, until it is dropped.
+/// log of each newer release as soon as that release starts, until it is dropped. Lines an old
+/// release writes after that (such as its goodbye on SIGTERM) are not followed, but a later
+/// read without `follow` has them.
 #[derive(Debug)]
 pub struct LogStream {
     rx: mpsc::Receiver<String>,
