@@ -86,6 +86,18 @@ impl FilesSettings {
         self.entrypoint = Some(args);
         self
     }
+
+    /// Sets the layer compression.
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets whether large trees are split into several layers.
+    pub fn with_split(mut self, split: bool) -> Self {
+        self.split = split;
+        self
+    }
 }
 
 /// Ships a directory as an image (backend name `"files"`); detects any context with
