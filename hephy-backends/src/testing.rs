@@ -113,12 +113,51 @@ pub struct TestRegistry {
 #[non_exhaustive]
 pub struct TestRegistryBuilder {
     credentials: Option<(String, String)>,
+    token: Option<TokenAuth>,
+}
+
+/// Token authentication for a [`TestRegistry`]: clients get bearer tokens (JWTs) from a token
+/// service at `realm`, signed with a key whose certificate is in `root_cert_bundle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenAuth {
+    /// The token service's URL.
+    pub realm: String,
+    /// The `service` (token audience).
+    pub service: String,
+    /// The `iss` of the tokens.
+    pub issuer: String,
+    /// PEM certificates that sign tokens.
+    pub root_cert_bundle: PathBuf,
+}
+
+impl TokenAuth {
+    /// Token auth with these settings.
+    pub fn new(
+        realm: impl Into<String>,
+        service: impl Into<String>,
+        issuer: impl Into<String>,
+        root_cert_bundle: impl Into<PathBuf>,
+    ) -> Self {
+        TokenAuth {
+            realm: realm.into(),
+            service: service.into(),
+            issuer: issuer.into(),
+            root_cert_bundle: root_cert_bundle.into(),
+        }
+    }
 }
 
 impl TestRegistryBuilder {
     /// Requires HTTP basic auth with this user and password (a bcrypt htpasswd file).
     pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.credentials = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Requires bearer tokens from a token service (instead of basic auth).
+    pub fn token_auth(mut self, token: TokenAuth) -> Self {
+        self.token = Some(token);
         self
     }
 
@@ -152,8 +191,11 @@ impl TestRegistryBuilder {
             attempt += 1;
             let addr = free_port()?;
             let config = dir.path().join("config.yml");
-            fs::write(&config, config_yaml(dir.path(), addr, htpasswd.as_deref()))
-                .map_err(io(format!("cannot write {}", config.display())))?;
+            fs::write(
+                &config,
+                config_yaml(dir.path(), addr, htpasswd.as_deref(), self.token.as_ref()),
+            )
+            .map_err(io(format!("cannot write {}", config.display())))?;
             let log_path = dir.path().join("registry.log");
             let log = fs::File::create(&log_path)
                 .map_err(io(format!("cannot create {}", log_path.display())))?;
@@ -221,7 +263,12 @@ fn free_port() -> Result<SocketAddr, TestingError> {
         .map_err(io("cannot read the address of a loopback listener"))
 }
 
-fn config_yaml(dir: &Path, addr: SocketAddr, htpasswd: Option<&Path>) -> String {
+fn config_yaml(
+    dir: &Path,
+    addr: SocketAddr,
+    htpasswd: Option<&Path>,
+    token: Option<&TokenAuth>,
+) -> String {
     let storage = dir.join("storage");
     let mut yaml = format!(
         "version: 0.1
@@ -243,7 +290,15 @@ http:
 ",
         storage = storage.display(),
     );
-    if let Some(path) = htpasswd {
+    if let Some(t) = token {
+        yaml.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            t.realm,
+            t.service,
+            t.issuer,
+            t.root_cert_bundle.display()
+        ));
+    } else if let Some(path) = htpasswd {
         yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: hephy-test\n    path: {}\n",
             path.display()

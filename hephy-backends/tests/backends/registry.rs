@@ -1,7 +1,7 @@
 //! The registry publisher and puller against Debian's docker-registry, checked with skopeo,
 //! umoci and qemu.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -9,7 +9,7 @@ use hephy_backends::layout::OciLayout;
 use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 use hephy_backends::testing::{
     skopeo_inspect, skopeo_inspect_raw, skopeo_inspect_raw_bytes, skopeo_list_tags, TestRegistry,
-    TestingError,
+    TestingError, TokenAuth,
 };
 use hephy_backends::{FilesBackend, GoBackend};
 use hephy_core::{
@@ -473,6 +473,211 @@ async fn server_errors_and_dropped_connections_are_retried() -> Result {
         format!("sha256:{}", sha256_hex(&raw)),
         published.digest.to_string()
     );
+    Ok(())
+}
+
+/// A token service for a [`TestRegistry`] with token auth: answers `GET /token` with a JWT
+/// (RS256, signed by `openssl` with a throwaway self-signed key) granting what was asked for, to
+/// the basic-auth user `user`/`password` only.
+struct TokenService {
+    realm: String,
+    cert: PathBuf,
+    issued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const TOKEN_ISSUER: &str = "hephy-test-issuer";
+const TOKEN_SERVICE: &str = "hephy-test-registry";
+
+async fn token_service(dir: &Path, user: &str, password: &str) -> Result<TokenService> {
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=hephy-test-token"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("openssl req: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert)
+        .output()?
+        .stdout;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let realm = format!("http://{}/token", listener.local_addr()?);
+    let issued = Arc::new(AtomicUsize::new(0));
+    let count = issued.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (key, x5c, expected, count) =
+                (key.clone(), x5c.clone(), expected.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let authorized = head.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l[14..].trim() == expected
+                });
+                let reply = if authorized {
+                    match jwt(&head, &key, &x5c) {
+                        Ok(token) => {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                        }
+                        Err(e) => format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{e}", e.to_string().len()),
+                    }
+                } else {
+                    let body = r#"{"details":"incorrect username or password"}"#;
+                    format!("HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    Ok(TokenService {
+        realm,
+        cert,
+        issued,
+    })
+}
+
+/// A JWT granting the `scope`s of the request line.
+fn jwt(head: &str, key: &Path, x5c: &str) -> Result<String> {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let target = head.split_whitespace().nth(1).ok_or("no request line")?;
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        let Some(("scope", scope)) = pair.split_once('=') else {
+            continue;
+        };
+        let scope = scope
+            .replace("%3A", ":")
+            .replace("%2C", ",")
+            .replace("%2F", "/");
+        let mut parts = scope.splitn(3, ':');
+        let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        access.push(serde_json::json!({
+            "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()
+        }));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)?
+        .as_secs();
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "hephy", "aud": TOKEN_SERVICE,
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", access.len()),
+        "access": access,
+    });
+    let input = format!(
+        "{}.{}",
+        url.encode(serde_json::to_vec(&header)?),
+        url.encode(serde_json::to_vec(&claims)?)
+    );
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err("openssl dgst -sign failed".into());
+    }
+    Ok(format!("{input}.{}", url.encode(out.stdout)))
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_a_token_service() -> Result {
+    use std::sync::atomic::Ordering;
+    let tmp = tempfile::tempdir()?;
+    let tokens = token_service(tmp.path(), "hephy", "s3cret").await?;
+    let registry = TestRegistry::builder()
+        .basic_auth("hephy", "s3cret")
+        .token_auth(TokenAuth::new(
+            &tokens.realm,
+            TOKEN_SERVICE,
+            TOKEN_ISSUER,
+            &tokens.cert,
+        ))
+        .start()?;
+    let image = build_files(tmp.path()).await?;
+    let request = PublishRequest::new("site".parse()?, "v1", vec![image]);
+
+    // Wrong password: the token service refuses, and nothing is published.
+    let bad = publisher(
+        &registry,
+        options(&registry).auth(RegistryAuth::basic("hephy", "nope")),
+    )?;
+    let err = bad
+        .publish(&request, &Events::discard())
+        .await
+        .err()
+        .ok_or("a push with a wrong password succeeded")?;
+    assert!(
+        matches!(&err, PublishError::Unauthorized { hint, .. } if hint.contains("token service refused")),
+        "{err:?}"
+    );
+    assert!(registry.repositories().is_empty());
+
+    // The right password is exchanged for bearer tokens, which the registry accepts.
+    let good = publisher(
+        &registry,
+        options(&registry).auth(RegistryAuth::basic("hephy", "s3cret")),
+    )?;
+    let published = good.publish(&request, &Events::discard()).await?;
+    assert!(
+        tokens.issued.load(Ordering::SeqCst) >= 1,
+        "no token was issued"
+    );
+    assert_eq!(registry.repositories(), ["apps/site"]);
+
+    // A bearer token given as it is works too: pull with one fetched from the service.
+    let reply = reqwest::Client::new()
+        .get(format!(
+            "{}?service={TOKEN_SERVICE}&scope=repository:apps/site:pull",
+            tokens.realm
+        ))
+        .basic_auth("hephy", Some("s3cret"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let token: serde_json::Value = serde_json::from_str(&reply)?;
+    let token = token["token"].as_str().ok_or("no token in the reply")?;
+    let pulled = OciLayout::create(tmp.path().join("pulled"))?;
+    let reference = registry.reference("apps/site", "v1")?;
+    let digest = options(&registry)
+        .auth(RegistryAuth::Bearer(token.to_owned()))
+        .pull_to_layout(&reference, None, &pulled)
+        .await?;
+    assert_eq!(digest, published.digest);
     Ok(())
 }
 
