@@ -681,6 +681,70 @@ async fn bearer_tokens_from_a_token_service() -> Result {
     Ok(())
 }
 
+#[tokio::test]
+async fn base_image_layers_are_pulled_and_then_mounted_not_uploaded() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let registry = TestRegistry::start()?;
+    // A base image in the registry: the default base plus a file, as apps/base:1.
+    let base = build_files(&tmp.path().join("base")).await?;
+    let base_layers = {
+        let layout = OciLayout::open(&base.layout)?;
+        let m: serde_json::Value = layout.read_json(&base.manifest)?;
+        m["layers"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    publisher(&registry, options(&registry))?
+        .publish(
+            &PublishRequest::new("base".parse()?, "1", vec![base]),
+            &Events::discard(),
+        )
+        .await?;
+
+    // An app built on it: the backend pulls the base through the registry client.
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("main.txt"), "on a registry base\n")?;
+    let config = AppConfig::from_toml(
+        "hephy.toml",
+        &format!(
+            "[build.files]\nbase = \"{}/apps/base:1\"\n",
+            registry.host()
+        ),
+    )?;
+    let ctx = BuildContext::new(&app, config)
+        .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    let image = FilesBackend::new()
+        .with_registry_options(options(&registry))
+        .build(
+            &ctx,
+            &BuildTarget::new(Platform::host(), tmp.path().join("app-out")),
+            &Events::discard(),
+        )
+        .await?;
+
+    // A fresh publisher knows nothing, but the manifest names its base: its layers are mounted.
+    let fresh = publisher(&registry, options(&registry))?;
+    let (events, lines) = collect();
+    fresh
+        .publish(
+            &PublishRequest::new("site".parse()?, "v1", vec![image]),
+            &events,
+        )
+        .await?;
+    let stats = fresh.last_push_stats().ok_or("no stats")?;
+    assert_eq!(
+        stats.mounted,
+        base_layers,
+        "every base layer is mounted from apps/base: {stats}\n{}",
+        joined(&lines)
+    );
+    assert!(joined(&lines).contains("mounted from apps/base"));
+    assert!(
+        stats.uploaded >= 2,
+        "the app's own layer and config are uploaded: {stats}"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_registry_names_are_refused_when_building() {
     let err = RegistryPublisher::builder("https://registry.example/x")
