@@ -52,6 +52,17 @@ pub struct User {
     pub admin: bool,
 }
 
+impl User {
+    /// A user value for callers that serve pushes without [`Accounts`] (with accounts, get users
+    /// from [`Accounts::user`] or the `authenticate_*` methods instead).
+    pub fn new(name: impl Into<String>, admin: bool) -> User {
+        User {
+            name: name.into(),
+            admin,
+        }
+    }
+}
+
 /// A registered SSH public key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]

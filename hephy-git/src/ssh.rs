@@ -288,6 +288,7 @@ impl Connection {
         session: &mut Session,
         message: &str,
     ) -> Result<(), russh::Error> {
+        tracing::info!(user = %self.user_label(), peer = ?self.peer, message, "SSH request refused");
         self.channels.remove(&channel);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, format!("hephy: {message}\r\n").into_bytes())?;
