@@ -20,9 +20,11 @@
 //!
 //! The release history lives in the cluster, in a ConfigMap per app (`hephy-APP-releases`,
 //! the releases as hephy-core's JSON under `releases.json`), so every hephy instance pointed at
-//! the cluster sees the same history. It is written by server-side apply carrying the
-//! `resourceVersion` read before the release, so two instances releasing the same app at once
-//! cannot both record the same number: the later one fails with a conflict. Rollback is the
+//! the cluster sees the same history. The values of the config vars are secrets and stay out of
+//! the ConfigMap: they are kept per release in the Secret of the same name (`config.json`).
+//! Both are written by server-side apply carrying the `resourceVersion` read before the
+//! release, so two instances releasing the same app at once cannot both record the same
+//! number: the later one fails with a conflict. Rollback is the
 //! trait's default: a new release with vN's image, config and settings.
 //!
 //! # What has not been verified against a live cluster
@@ -43,11 +45,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hephy_core::{
-    async_trait, AppName, DeployError, Deployer, Events, NewRelease, Release, ReleaseVersion,
-    Strategy,
+    async_trait, AppName, ConfigVars, DeployError, Deployer, Events, NewRelease, Release,
+    ReleaseVersion, Strategy,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -57,8 +60,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::manifests::{
-    self, canary_resource, ledger_config_map, ledger_name, ManifestError, ManifestOptions,
-    Manifests, LEDGER_KEY, MANAGER, NAME_LABEL, RELEASE_LABEL,
+    self, canary_resource, ledger_config_map, ledger_name, ledger_secret, ManifestError,
+    ManifestOptions, Manifests, LEDGER_CONFIG_KEY, LEDGER_KEY, MANAGER, NAME_LABEL, RELEASE_LABEL,
 };
 
 /// Pod waiting reasons that mean the release will not come up without a change.
@@ -405,60 +408,92 @@ impl KubernetesDeployer {
         }
     }
 
-    async fn read_ledger(
-        &self,
-        app: &AppName,
-    ) -> Result<(Vec<Release>, Option<String>), DeployError> {
+    /// The releases of `app` and the resourceVersions of the ledger's ConfigMap and Secret.
+    async fn read_ledger(&self, app: &AppName) -> Result<Ledger, DeployError> {
         let name = ledger_name(app);
         let cm = self
             .api::<ConfigMap>()
             .get_opt(&name)
             .await
             .map_err(|e| api_error(&format!("read the release ledger ConfigMap {name}"), e))?;
-        let Some(cm) = cm else {
-            return Ok((Vec::new(), None));
-        };
-        let rv = cm.metadata.resource_version.clone();
-        let Some(json) = cm.data.as_ref().and_then(|d| d.get(LEDGER_KEY)) else {
-            return Ok((Vec::new(), rv));
-        };
-        let releases: Vec<Release> = serde_json::from_str(json).map_err(|e| {
+        let secret = self
+            .api::<Secret>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| api_error(&format!("read the release ledger Secret {name}"), e))?;
+        let invalid = |what: &str, key: &str, e: serde_json::Error| {
             DeployError::other(
                 format!(
-                    "the release ledger ConfigMap {name} in namespace {} is not valid hephy JSON under {LEDGER_KEY}: restore it from a backup or delete it to start a new history",
+                    "the release ledger {what} {name} in namespace {} is not valid hephy JSON under {key}: restore it from a backup or delete it to start a new history",
                     self.namespace()
                 ),
                 e,
             )
-        })?;
-        Ok((releases, rv))
+        };
+        let mut releases: Vec<Release> =
+            match cm.as_ref().and_then(|c| c.data.as_ref()?.get(LEDGER_KEY)) {
+                Some(json) => {
+                    serde_json::from_str(json).map_err(|e| invalid("ConfigMap", LEDGER_KEY, e))?
+                }
+                None => Vec::new(),
+            };
+        let vars: BTreeMap<String, ConfigVars> = match secret
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get(LEDGER_CONFIG_KEY))
+        {
+            Some(json) => serde_json::from_slice(&json.0)
+                .map_err(|e| invalid("Secret", LEDGER_CONFIG_KEY, e))?,
+            None => BTreeMap::new(),
+        };
+        for r in &mut releases {
+            if let Some(v) = vars.get(&r.version.to_string()) {
+                r.config = v.clone();
+            }
+        }
+        Ok(Ledger {
+            releases,
+            config_map_version: cm.and_then(|c| c.metadata.resource_version),
+            secret_version: secret.and_then(|s| s.metadata.resource_version),
+        })
     }
 
-    async fn write_ledger(
-        &self,
-        app: &AppName,
-        releases: &[Release],
-        resource_version: Option<String>,
-    ) -> Result<(), DeployError> {
-        let mut cm = ledger_config_map(app, releases, &self.options)
-            .map_err(|e| DeployError::other("cannot render the release ledger", e))?;
-        // Apply with the resourceVersion read before the release: the API server rejects the
-        // write with 409 Conflict if another instance recorded a release in between.
-        cm.metadata.resource_version = resource_version;
+    async fn write_ledger(&self, app: &AppName, ledger: Ledger) -> Result<(), DeployError> {
+        let render = |e| DeployError::other("cannot render the release ledger", e);
+        let mut secret = ledger_secret(app, &ledger.releases, &self.options).map_err(render)?;
+        let mut cm = ledger_config_map(app, &ledger.releases, &self.options).map_err(render)?;
+        // Apply with the resourceVersions read before the release: the API server rejects a
+        // write with 409 Conflict if another instance recorded a release in between. The
+        // Secret goes first, so a release in the ConfigMap always has its config vars.
+        secret.metadata.resource_version = ledger.secret_version;
+        cm.metadata.resource_version = ledger.config_map_version;
         let name = ledger_name(app);
         let params = PatchParams::apply(MANAGER).force();
+        let conflict = |what: &str, e: kube::Error| {
+            match &e {
+            kube::Error::Api(s) if s.code == 409 => DeployError::other(
+                format!("another hephy instance recorded a release of {app} at the same time: look at `hephy releases` and deploy again"),
+                e,
+            ),
+            _ => api_error(&format!("write the release ledger {what} {name}"), e),
+        }
+        };
+        self.api::<Secret>()
+            .patch(&name, &params, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| conflict("Secret", e))?;
         self.api::<ConfigMap>()
             .patch(&name, &params, &Patch::Apply(&cm))
             .await
-            .map_err(|e| match &e {
-                kube::Error::Api(s) if s.code == 409 => DeployError::other(
-                    format!("another hephy instance recorded a release of {app} at the same time: look at `hephy releases` and deploy again"),
-                    e,
-                ),
-                _ => api_error(&format!("write the release ledger ConfigMap {name}"), e),
-            })?;
+            .map_err(|e| conflict("ConfigMap", e))?;
         Ok(())
     }
+}
+
+/// An app's history as read from the cluster.
+struct Ledger {
+    releases: Vec<Release>,
+    config_map_version: Option<String>,
+    secret_version: Option<String>,
 }
 
 fn applied_names(m: &Manifests) -> String {
@@ -504,8 +539,8 @@ fn api_error(what: &str, e: kube::Error) -> DeployError {
 impl Deployer for KubernetesDeployer {
     async fn deploy(&self, new: NewRelease, events: &Events) -> Result<Release, DeployError> {
         let app = new.app.clone();
-        let (mut releases, resource_version) = self.read_ledger(&app).await?;
-        let previous = releases.last().cloned();
+        let mut ledger = self.read_ledger(&app).await?;
+        let previous = ledger.releases.last().cloned();
         let version = previous
             .as_ref()
             .map_or(ReleaseVersion::FIRST, |p| p.version.next());
@@ -557,13 +592,13 @@ impl Deployer for KubernetesDeployer {
             });
         }
 
-        releases.push(release.clone());
-        self.write_ledger(&app, &releases, resource_version).await?;
+        ledger.releases.push(release.clone());
+        self.write_ledger(&app, ledger).await?;
         events.log(format!("{version} of {app} is released"));
         Ok(release)
     }
 
     async fn releases(&self, app: &AppName) -> Result<Vec<Release>, DeployError> {
-        Ok(self.read_ledger(app).await?.0)
+        Ok(self.read_ledger(app).await?.releases)
     }
 }

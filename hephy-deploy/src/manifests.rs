@@ -17,8 +17,8 @@
 //!
 //! Every object carries the labels `app.kubernetes.io/name: APP`,
 //! `app.kubernetes.io/managed-by: hephy` and `hephy.io/release: vN`, plus any given in
-//! [`ManifestOptions::label`]. [`ledger_config_map`] renders the ConfigMap that holds an app's
-//! release history in the cluster. [`to_yaml`] writes any of them as YAML; field order is the
+//! [`ManifestOptions::label`]. [`ledger_config_map`] and [`ledger_secret`] render the ConfigMap
+//! and the Secret that hold an app's release history in the cluster. [`to_yaml`] writes any of them as YAML; field order is the
 //! API's (k8s-openapi's serializer) and maps are sorted, so the same release always gives the
 //! same bytes.
 //!
@@ -41,7 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hephy_core::{AppName, Release, Strategy};
+use hephy_core::{AppName, ConfigVars, Release, Strategy};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -70,6 +70,8 @@ pub const MANAGER: &str = "hephy";
 pub const RUN_AS_USER: i64 = 65532;
 /// The key of the ledger ConfigMap's data holding the releases as JSON.
 pub const LEDGER_KEY: &str = "releases.json";
+/// The key of the ledger Secret's data holding each release's config vars as JSON.
+pub const LEDGER_CONFIG_KEY: &str = "config.json";
 /// The registry name of hephy's local OCI layout store, which no cluster can pull from.
 // Kept here instead of depending on hephy-backends for one string; it is part of the contract
 // between the helpers (`hephy_backends::LOCAL_REGISTRY`).
@@ -631,7 +633,8 @@ fn canary(
 }
 
 /// The ConfigMap `hephy-APP-releases` holding `releases` (oldest first) as JSON under
-/// [`LEDGER_KEY`].
+/// [`LEDGER_KEY`], without the values of their config vars: those are secrets, kept in the
+/// Secret of the same name ([`ledger_secret`]), so a reader of ConfigMaps does not see them.
 ///
 /// A ConfigMap holds at most 1 MiB; at about 1 KiB a release that is some hundreds of releases.
 pub fn ledger_config_map(
@@ -639,7 +642,15 @@ pub fn ledger_config_map(
     releases: &[Release],
     options: &ManifestOptions,
 ) -> Result<ConfigMap, ManifestError> {
-    let json = serde_json::to_string_pretty(releases).map_err(|e| ManifestError::Serialize {
+    let stripped: Vec<Release> = releases
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.config = ConfigVars::default();
+            r
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(&stripped).map_err(|e| ManifestError::Serialize {
         what: format!("the releases of {app}"),
         source: Box::new(e),
     })?;
@@ -647,6 +658,30 @@ pub fn ledger_config_map(
         metadata: meta(ledger_name(app), &labels(app, None, options), options),
         data: Some([(LEDGER_KEY.to_owned(), json)].into()),
         ..ConfigMap::default()
+    })
+}
+
+/// The Secret `hephy-APP-releases` holding the config vars of each of `releases` as a JSON
+/// object from release (`"v3"`) to vars under [`LEDGER_CONFIG_KEY`], the other half of
+/// [`ledger_config_map`].
+pub fn ledger_secret(
+    app: &AppName,
+    releases: &[Release],
+    options: &ManifestOptions,
+) -> Result<Secret, ManifestError> {
+    let vars: BTreeMap<String, &ConfigVars> = releases
+        .iter()
+        .map(|r| (r.version.to_string(), &r.config))
+        .collect();
+    let json = serde_json::to_vec_pretty(&vars).map_err(|e| ManifestError::Serialize {
+        what: format!("the config vars of {app}'s releases"),
+        source: Box::new(e),
+    })?;
+    Ok(Secret {
+        metadata: meta(ledger_name(app), &labels(app, None, options), options),
+        type_: Some("Opaque".into()),
+        data: Some([(LEDGER_CONFIG_KEY.to_owned(), ByteString(json))].into()),
+        ..Secret::default()
     })
 }
 

@@ -343,20 +343,28 @@ async fn deploy_applies_objects_waits_for_rollout_and_records_the_release() -> R
         calls,
         vec![
             format!("GET {ns}/configmaps/hephy-hello-releases"),
+            format!("GET {ns}/secrets/hephy-hello-releases"),
             format!("PATCH {ns}/secrets/hello-env"),
             "PATCH /apis/apps/v1/namespaces/apps/deployments/hello".into(),
             format!("PATCH {ns}/services/hello"),
             "GET /apis/apps/v1/namespaces/apps/deployments/hello".into(),
             format!("GET {ns}/pods"),
             "GET /apis/apps/v1/namespaces/apps/deployments/hello".into(),
+            format!("PATCH {ns}/secrets/hephy-hello-releases"),
             format!("PATCH {ns}/configmaps/hephy-hello-releases"),
         ]
     );
-    check_apply(&reqs[1], "v1", "Secret", "hello-env");
-    check_apply(&reqs[2], "apps/v1", "Deployment", "hello");
-    check_apply(&reqs[3], "v1", "Service", "hello");
-    check_apply(&reqs[7], "v1", "ConfigMap", "hephy-hello-releases");
-    let d = reqs[2].body.as_ref().ok_or("no body")?;
+    check_apply(&reqs[2], "v1", "Secret", "hello-env");
+    check_apply(&reqs[3], "apps/v1", "Deployment", "hello");
+    check_apply(&reqs[4], "v1", "Service", "hello");
+    check_apply(&reqs[8], "v1", "Secret", "hephy-hello-releases");
+    check_apply(&reqs[9], "v1", "ConfigMap", "hephy-hello-releases");
+    let ledger = reqs[9].body.as_ref().ok_or("no body")?.to_string();
+    assert!(
+        ledger.contains("v1") && !ledger.contains("hello world"),
+        "config var values stay out of the ledger ConfigMap: {ledger}"
+    );
+    let d = reqs[3].body.as_ref().ok_or("no body")?;
     assert_eq!(
         container_image(d),
         format!(
@@ -366,7 +374,7 @@ async fn deploy_applies_objects_waits_for_rollout_and_records_the_release() -> R
         "the Deployment runs the image by digest"
     );
     assert_eq!(
-        reqs[5].query,
+        reqs[6].query,
         "&labelSelector=app.kubernetes.io%2Fname%3Dhello%2Chephy.io%2Frelease%3Dv1"
     );
     insta::assert_snapshot!("apply_v1_requests", transcript(&reqs));
@@ -455,7 +463,7 @@ async fn crash_looping_release_reports_the_pod_and_reapplies_the_previous_one() 
     assert!(
         !reqs
             .iter()
-            .any(|r| r.method == "PATCH" && r.path.contains("/configmaps/")),
+            .any(|r| r.method == "PATCH" && r.path.contains("hephy-hello-releases")),
         "a failed release is not recorded"
     );
     assert_eq!(deployer.releases(&r1.app).await?, vec![r1.clone()]);
@@ -514,6 +522,11 @@ async fn rollback_reapplies_an_earlier_image_as_a_new_release() -> Result {
         .await?;
     assert_eq!(r3.version.number(), 3);
     assert_eq!(r3.image, image(1)?);
+    assert!(!r1.config.is_empty());
+    assert_eq!(
+        r3.config, r1.config,
+        "v1's config vars come back from the ledger Secret"
+    );
     assert_eq!(
         r3.cause,
         ReleaseCause::Rollback {
@@ -602,13 +615,15 @@ async fn flagger_strategy_applies_a_canary_and_leaves_promotion_to_flagger() -> 
         calls,
         vec![
             "GET /api/v1/namespaces/apps/configmaps/hephy-hello-releases",
+            "GET /api/v1/namespaces/apps/secrets/hephy-hello-releases",
             "PATCH /api/v1/namespaces/apps/secrets/hello-env",
             "PATCH /apis/apps/v1/namespaces/apps/deployments/hello",
             "PATCH /apis/flagger.app/v1beta1/namespaces/apps/canaries/hello",
+            "PATCH /api/v1/namespaces/apps/secrets/hephy-hello-releases",
             "PATCH /api/v1/namespaces/apps/configmaps/hephy-hello-releases",
         ]
     );
-    check_apply(&reqs[3], "flagger.app/v1beta1", "Canary", "hello");
+    check_apply(&reqs[4], "flagger.app/v1beta1", "Canary", "hello");
     Ok(())
 }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use hephy_core::{
     AppConfig, AppName, ConfigVars, NewRelease, Reference, Release, ReleaseCause, ReleaseVersion,
 };
-use hephy_deploy::manifests::{self, ledger_config_map, render, to_yaml, ManifestOptions};
+use hephy_deploy::manifests::{
+    self, ledger_config_map, ledger_secret, render, to_yaml, ManifestOptions,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::DynamicObject;
@@ -122,7 +124,22 @@ fn manifests_deserialize_into_k8s_openapi_types() -> Result {
         .and_then(|d| d.get(manifests::LEDGER_KEY))
         .ok_or("no releases.json in the ledger")?;
     let releases: Vec<Release> = serde_json::from_str(json)?;
-    assert_eq!(releases, vec![r]);
+    let mut without_vars = r.clone();
+    without_vars.config = ConfigVars::default();
+    assert_eq!(
+        releases,
+        vec![without_vars],
+        "the ConfigMap has the releases without config var values"
+    );
+    let secret = ledger_secret(&r.app, std::slice::from_ref(&r), &options()?)?;
+    let back: Secret = serde_norway::from_str(&to_yaml(&secret)?)?;
+    let json = back
+        .data
+        .as_ref()
+        .and_then(|d| d.get(manifests::LEDGER_CONFIG_KEY))
+        .ok_or("no config.json in the ledger secret")?;
+    let vars: std::collections::BTreeMap<String, ConfigVars> = serde_json::from_slice(&json.0)?;
+    assert_eq!(vars.get("v3"), Some(&r.config));
     Ok(())
 }
 
@@ -182,8 +199,13 @@ fn ledger_config_map_snapshot() -> Result {
         to: ReleaseVersion::FIRST,
     };
     let app = one.app.clone();
-    let cm = ledger_config_map(&app, &[one, two], &options()?)?;
-    insta::assert_snapshot!("ledger", to_yaml(&cm)?);
+    let releases = [one, two];
+    let cm = ledger_config_map(&app, &releases, &options()?)?;
+    let secret = ledger_secret(&app, &releases, &options()?)?;
+    insta::assert_snapshot!(
+        "ledger",
+        format!("{}---\n{}", to_yaml(&cm)?, to_yaml(&secret)?)
+    );
     Ok(())
 }
 
