@@ -121,6 +121,11 @@ impl Router {
         self.addr
     }
 
+    /// The app's routes on a [`HostRouter`] go where this router sends its traffic.
+    fn shared(&self) -> Arc<SharedDebug> {
+        self.shared.clone()
+    }
+
     /// The current upstream.
     pub fn upstream(&self) -> Option<Arc<Upstream>> {
         self.shared
@@ -176,6 +181,137 @@ async fn accept_loop(listener: TcpListener, shared: Arc<SharedDebug>) {
             };
             let _ = upstream.set_nodelay(true);
             let (mut client, mut upstream) = (client, upstream);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            drop(active);
+        });
+    }
+}
+
+type Routes = Arc<RwLock<std::collections::HashMap<String, Arc<SharedDebug>>>>;
+
+/// One shared port for every app, routed by the HTTP `Host` header (`APP.localhost`).
+///
+/// The first request of a connection decides where the whole connection goes. A host without a
+/// route gets `404 Not Found` naming it.
+#[derive(Debug)]
+pub struct HostRouter {
+    addr: SocketAddr,
+    routes: Routes,
+    accept: JoinHandle<()>,
+}
+
+impl HostRouter {
+    /// Listens on `addr` (port 0 picks a free port) with no routes yet.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<HostRouter> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let routes: Routes = Arc::default();
+        let accept = tokio::spawn(host_accept_loop(listener, routes.clone()));
+        Ok(HostRouter {
+            addr,
+            routes,
+            accept,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends requests for `host` (matched without port, case-insensitively) wherever `router`
+    /// sends its traffic, following its switches.
+    pub fn route(&self, host: &str, router: &Router) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.insert(host.to_ascii_lowercase(), router.shared());
+    }
+
+    /// Removes the route of `host`.
+    pub fn unroute(&self, host: &str) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.remove(&host.to_ascii_lowercase());
+    }
+}
+
+impl Drop for HostRouter {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The `Host` header of a request head, lowercased and without its port.
+fn host_of(head: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if !name.trim().eq_ignore_ascii_case("host") {
+            return None;
+        }
+        let value = value.trim();
+        let host = match value.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => value.rsplit_once(':').map_or(value, |(h, _)| h),
+        };
+        Some(host.to_ascii_lowercase())
+    })
+}
+
+async fn host_accept_loop(listener: TcpListener, routes: Routes) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut client, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("host router accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let _ = client.set_nodelay(true);
+            // Read the request head (bounded in size and time) to find the Host header.
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 4096];
+            let read_head = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    let n = client.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(30), read_head).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+            let host = host_of(&head).unwrap_or_default();
+            let shared = routes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&host)
+                .cloned();
+            let active = shared.as_ref().and_then(|s| s.0.acquire());
+            let Some(active) = active else {
+                let body = format!("no app is deployed at host {host:?}\n");
+                let reply = format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(reply.as_bytes()).await;
+                return;
+            };
+            let Ok(mut upstream) = TcpStream::connect(active.0.addr).await else {
+                return;
+            };
+            let _ = upstream.set_nodelay(true);
+            if upstream.write_all(&head).await.is_err() {
+                return;
+            }
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             drop(active);
         });

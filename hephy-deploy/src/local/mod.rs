@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::logs::LogStream;
 use crate::ledger::{Ledger, LedgerError};
-use crate::router::{Router, Upstream};
+use crate::router::{HostRouter, Router, Upstream};
 use crate::runc::{runtime_spec, CgroupSupport, Runc, SpecInput};
 use crate::unpack::{self, ResolvedImage};
 
@@ -52,9 +52,17 @@ pub struct LocalDeployerBuilder {
     stop_timeout: Duration,
     platform: Platform,
     registry: RegistryOptions,
+    host_routing: Option<SocketAddr>,
 }
 
 impl LocalDeployerBuilder {
+    /// Also serves every app on one shared address, routed by the HTTP `Host` header:
+    /// `APP.localhost` (see [`LocalDeployer::host_url`]). Off by default.
+    pub fn host_routing(mut self, addr: SocketAddr) -> Self {
+        self.host_routing = Some(addr);
+        self
+    }
+
     /// How images from registries are pulled: credentials, plain-HTTP registries, retries
     /// (default: [`RegistryOptions::from_env`], Docker `config.json` credentials).
     pub fn registry(mut self, options: RegistryOptions) -> Self {
@@ -125,6 +133,7 @@ impl LocalDeployerBuilder {
                 runc,
                 cgroups: CgroupSupport::detect(),
                 slots: tokio::sync::Mutex::new(HashMap::new()),
+                host_router: tokio::sync::OnceCell::new(),
                 opts: self,
             }),
         })
@@ -159,6 +168,7 @@ struct Inner {
     runc: Runc,
     cgroups: CgroupSupport,
     slots: tokio::sync::Mutex<HashMap<AppName, Arc<Slot>>>,
+    host_router: tokio::sync::OnceCell<HostRouter>,
 }
 
 /// What [`LocalDeployer::restore`] did.
@@ -228,6 +238,11 @@ fn plain(message: impl Into<String>) -> DeployError {
     }
 }
 
+/// The host name an app answers to on the shared port.
+fn host_name(app: &AppName) -> String {
+    format!("{app}.localhost")
+}
+
 /// Container ids are `hephy-<app>-v<N>`.
 fn container_id(app: &AppName, version: ReleaseVersion) -> String {
     format!("hephy-{app}-{version}")
@@ -285,6 +300,7 @@ impl LocalDeployer {
             stop_timeout: Duration::from_secs(10),
             platform: Platform::host(),
             registry: RegistryOptions::from_env(),
+            host_routing: None,
         }
     }
 
@@ -328,6 +344,39 @@ impl LocalDeployer {
         Ok(format!("http://{}", SocketAddr::new(ip, addr.port())))
     }
 
+    /// The app's address on the shared Host-routed port, like `http://hello.localhost:8000`,
+    /// when [`LocalDeployerBuilder::host_routing`] is on.
+    pub async fn host_url(&self, app: &AppName) -> Result<Option<String>, DeployError> {
+        if !self.inner.ledger.has_app(app) {
+            return Err(DeployError::UnknownApp { app: app.clone() });
+        }
+        Ok(self
+            .host_router()
+            .await?
+            .map(|h| format!("http://{}:{}", host_name(app), h.local_addr().port())))
+    }
+
+    /// The shared Host-routed router, started on first use; `None` when host routing is off.
+    async fn host_router(&self) -> Result<Option<&HostRouter>, DeployError> {
+        let Some(addr) = self.inner.opts.host_routing else {
+            return Ok(None);
+        };
+        self.inner
+            .host_router
+            .get_or_try_init(|| async {
+                HostRouter::bind(addr).await.map_err(|e| {
+                    other(
+                        format!(
+                            "cannot listen on {addr} for host routing: {e}; choose another address"
+                        ),
+                        e,
+                    )
+                })
+            })
+            .await
+            .map(Some)
+    }
+
     /// The socket address the app's router listens on.
     pub fn addr(&self, app: &AppName) -> Result<SocketAddr, DeployError> {
         let state: RouterState = self.inner.ledger.read(app, "router")?.ok_or_else(|| {
@@ -345,6 +394,9 @@ impl LocalDeployer {
         }
         let events = events.with_stage(Stage::Deploy);
         let slot = self.inner.slots.lock().await.remove(app);
+        if let Some(host_router) = self.inner.host_router.get() {
+            host_router.unroute(&host_name(app));
+        }
         if let Some(slot) = slot {
             let mut live = slot.live.lock().await;
             slot.router.switch(None);
@@ -472,6 +524,9 @@ impl LocalDeployer {
             } else {
                 live = None;
             }
+        }
+        if let Some(host_router) = self.host_router().await? {
+            host_router.route(&host_name(app), &router);
         }
         let slot = Arc::new(Slot {
             router,

@@ -514,3 +514,41 @@ async fn recreate_strategy_and_resource_limits() -> Result {
     d.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_share_one_port_by_host_name() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let (a, b) = (unique_app("host-a"), unique_app("host-b"));
+    let _guards = (Containers(a.clone()), Containers(b.clone()));
+    let d = LocalDeployer::builder(data.path())
+        .layout_root(&f.root)
+        .host_routing("127.0.0.1:0".parse()?)
+        .build()?;
+    let ev = Events::discard();
+    for (app, image) in [(&a, &f.one), (&b, &f.two)] {
+        d.create_app(app).await?;
+        d.deploy(release(app, image), &ev).await?;
+    }
+    let url = d.host_url(&a).await?.ok_or("host routing is off")?;
+    let port: u16 = url.rsplit(':').next().ok_or("no port")?.parse()?;
+    assert_eq!(url, format!("http://{a}.localhost:{port}"));
+    let shared = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let host_a = format!("{a}.localhost:{port}");
+    let host_b = format!("{}.LOCALHOST", b);
+    assert_eq!(
+        get_host(shared, &host_a, "/").await?,
+        (200, "hello world from one\n".into())
+    );
+    assert_eq!(
+        get_host(shared, &host_b, "/").await?,
+        (200, "hello world from two\n".into())
+    );
+    let (code, text) = get_host(shared, "nobody.localhost", "/").await?;
+    assert_eq!(code, 404);
+    assert!(text.contains("\"nobody.localhost\""), "{text}");
+    d.destroy_app(&a, &ev).await?;
+    assert_eq!(get_host(shared, &host_a, "/").await?.0, 404);
+    d.shutdown().await?;
+    Ok(())
+}

@@ -189,9 +189,14 @@ pub fn release_with(app: &AppName, image: &Reference, deploy: DeployConfig) -> N
 
 /// `GET path` over a fresh connection: the status code and body.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_host(addr, "test", path).await
+}
+
+/// `GET path` with a `Host` header over a fresh connection: the status code and body.
+pub async fn get_host(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
             .await?;
         let mut buf = vec![];
         s.read_to_end(&mut buf).await?;
