@@ -13,21 +13,35 @@ pub const NOT_LOGGED_IN: &str =
 
 /// Turns Deis/Heroku-style `apps:create` into `apps create`, so old habits work.
 pub fn split_colon_alias(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    // Global flags that take a value, so their value is not mistaken for the command.
+    const VALUED: &[&str] = &["--app", "-a", "--url", "--token"];
     let mut out = vec![];
     let mut seen_command = false;
+    let mut skip_value = false;
     for (i, a) in args.into_iter().enumerate() {
         let s = a.to_string_lossy().into_owned();
-        if i > 0 && !seen_command && !s.starts_with('-') {
-            seen_command = true;
-            if let Some((group, cmd)) = s.split_once(':') {
-                if !group.is_empty() && !cmd.is_empty() && !s.contains('/') {
-                    out.push(OsString::from(group));
-                    out.push(OsString::from(cmd));
-                    continue;
-                }
-            }
+        if i == 0 || seen_command {
+            out.push(a);
+            continue;
         }
-        out.push(a);
+        if skip_value {
+            skip_value = false;
+            out.push(a);
+            continue;
+        }
+        if s.starts_with('-') {
+            skip_value = VALUED.contains(&s.as_str());
+            out.push(a);
+            continue;
+        }
+        seen_command = true;
+        match s.split_once(':') {
+            Some((group, cmd)) if !group.is_empty() && !cmd.is_empty() && !s.contains('/') => {
+                out.push(OsString::from(group));
+                out.push(OsString::from(cmd));
+            }
+            _ => out.push(a),
+        }
     }
     out
 }

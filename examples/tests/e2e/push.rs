@@ -49,104 +49,66 @@ func main() {{
     Ok(())
 }
 
-/// Replaces what changes between runs (ports, digests, commits, durations, temp paths).
+/// Replaces what changes between runs (ports, digests, commits, durations, probe counts) and
+/// sorts the sections where platforms and blob uploads run concurrently.
 fn normalize(transcript: &str, server: &Server, registry: &TestRegistry) -> String {
-    let mut out = vec![];
-    for line in transcript.lines() {
-        let line = line.trim_end();
-        // git's own progress counters and the keep-alive lines depend on timing.
-        if line.contains("still building")
-            || line.contains("still ")
-            || line.starts_with("remote: Resolving deltas")
-            || line.starts_with("Enumerating")
-            || line.starts_with("Counting")
-            || line.starts_with("Delta compression")
-            || line.starts_with("Compressing")
-            || line.starts_with("Writing objects")
-            || line.starts_with("Total ")
-            || line.is_empty()
-        {
-            continue;
+    let text = transcript
+        .replace(&server.http.to_string(), "[server]")
+        .replace(&registry.addr().to_string(), "[registry]")
+        .replace(&server.token, "[token]");
+    let rules: [(&str, &str); 10] = [
+        (r"sha256:[0-9a-f]{64}", "[digest]"),
+        // Sizes depend on the Go toolchain that built the app.
+        (r"\(\d+ bytes of binary\)", "([size] bytes of binary)"),
+        (r"\b\d+(\.\d+)? (B|kB|MB|GB)\b", "[size]"),
+        (r"git-[0-9a-f]{7}", "git-[commit]"),
+        (r"\b[0-9a-f]{7,40}\b", "[hex]"),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[port]"),
+        (r"port \d+", "port [port]"),
+        (r"\b\d+(\.\d+)?(ms|s)\b|\b\d+ ms\b|\b\d+m\d+s\b", "[elapsed]"),
+        (r"\(\d+ probe\(s\)\)", "([n] probes)"),
+        (r"\s+$", ""),
+    ];
+    let rules: Vec<(regex::Regex, &str)> = rules
+        .iter()
+        .filter_map(|(re, to)| regex::Regex::new(re).ok().map(|r| (r, *to)))
+        .collect();
+    let volatile = |l: &str| {
+        l.contains("... still")
+            || l.contains("health probe ")
+            || l.contains("unpacked in ")
+            || ["Enumerating", "Counting", "Delta compression", "Compressing", "Writing objects", "Total "]
+                .iter()
+                .any(|p| l.starts_with(p))
+            || l.trim().is_empty()
+    };
+    let mut out: Vec<String> = vec![];
+    let mut block: Option<Vec<String>> = None;
+    for line in text.lines().filter(|l| !volatile(l)) {
+        let mut l = line.to_owned();
+        for (re, to) in &rules {
+            l = re.replace_all(&l, *to).into_owned();
         }
-        out.push(line.to_owned());
-    }
-    let mut text = out.join("\n");
-    text = text.replace(&server.http.to_string(), "[server]");
-    text = text.replace(&registry.addr().to_string(), "[registry]");
-    text = text.replace(&server.token, "[token]");
-    regex_lite(&text)
-}
-
-/// Normalizes hex ids, durations and ports without a regex dependency.
-fn regex_lite(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        let mut words = vec![];
-        for w in line.split(' ') {
-            words.push(normalize_word(w));
+        let ends_block = l.contains("-----> Publishing") || l.contains("-----> Publish done");
+        if ends_block {
+            if let Some(mut b) = block.take() {
+                b.sort();
+                out.append(&mut b);
+            }
         }
-        let mut l = words.join(" ");
-        // Per-platform build lines interleave; their order is not part of the contract.
-        l = l.replace("\t", " ");
-        out.push_str(&l);
-        out.push('\n');
-    }
-    // Sort runs of per-platform lines so interleaving does not change the snapshot.
-    let lines: Vec<&str> = out.lines().collect();
-    let mut sorted: Vec<String> = vec![];
-    let mut run: Vec<String> = vec![];
-    for l in lines {
-        if l.contains("[linux/") {
-            run.push(l.to_owned());
-        } else {
-            run.sort();
-            sorted.append(&mut run);
-            sorted.push(l.to_owned());
+        match &mut block {
+            Some(b) => b.push(l.clone()),
+            None => out.push(l.clone()),
         }
-    }
-    run.sort();
-    sorted.append(&mut run);
-    sorted.join("\n")
-}
-
-fn normalize_word(w: &str) -> String {
-    let mut w = w.to_owned();
-    // sha256:<64 hex> anywhere in the word.
-    while let Some(i) = w.find("sha256:") {
-        let hex: String = w[i + 7..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-        if hex.len() < 12 {
-            break;
-        }
-        w.replace_range(i..i + 7 + hex.len(), "[digest]");
-    }
-    // Commit ids and short ids (7 to 40 hex digits with at least one digit and one letter).
-    let trimmed: &str = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let is_hex_id = trimmed.len() >= 7
-        && trimmed.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        && trimmed.chars().any(|c| c.is_ascii_digit())
-        && trimmed.chars().any(|c| c.is_ascii_alphabetic());
-    if is_hex_id {
-        w = w.replace(trimmed, "[commit]");
-    }
-    if let Some(rest) = w.strip_prefix("git-") {
-        if rest.len() == 7 || rest.starts_with("[commit]") {
-            w = "git-[commit]".into();
+        if l.contains("-----> Detection done") || l.contains("-----> Publishing") {
+            block = Some(vec![]);
         }
     }
-    // Durations such as 1.23s, 12.3s, 2m05s, and byte counts.
-    let d = w.trim_end_matches([',', ')', ';']);
-    let is_duration = (d.ends_with('s') && d[..d.len() - 1].chars().all(|c| c.is_ascii_digit() || c == '.' || c == 'm') && d.len() > 1 && d.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        || (d.ends_with("ms") && d[..d.len() - 2].chars().all(|c| c.is_ascii_digit()) && d.len() > 2);
-    if is_duration {
-        w = w.replacen(d, "[elapsed]", 1);
+    if let Some(mut b) = block {
+        b.sort();
+        out.append(&mut b);
     }
-    // Local app ports.
-    if let Some(i) = w.find("http://127.0.0.1:") {
-        let start = i + "http://127.0.0.1:".len();
-        let end = w[start..].find(|c: char| !c.is_ascii_digit()).map_or(w.len(), |e| start + e);
-        w.replace_range(start..end, "[port]");
-    }
-    w
+    out.join("\n")
 }
 
 #[test]
