@@ -211,6 +211,34 @@ async fn push_over_ssh_builds_and_the_host_key_survives_a_restart() -> Result {
         push.stderr
     );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c2)]).await?;
+
+    // Many channel windows' worth of incompressible data (a branch that is not built) arrive
+    // whole: input is read as the client sends it, with russh's flow control in between.
+    git_ok(&repo, &["checkout", "-q", "-b", "assets"]).await?;
+    let mut noise = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in noise.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let c3 = commit_file(&repo, "noise.bin", &noise, "24 MB of noise").await?;
+    let push = run(git_ssh(
+        &repo,
+        &["push", &url(second.port, "hello.git"), "assets"],
+        &key,
+        second.port,
+        Some(&known_hosts),
+    ))
+    .await?;
+    assert!(push.ok, "the 24 MB push over SSH failed:\n{}", push.stderr);
+    assert_server_repo(
+        &server,
+        &app,
+        &[("refs/heads/assets", &c3), ("refs/heads/main", &c2)],
+    )
+    .await?;
     Ok(())
 }
 
