@@ -552,3 +552,75 @@ async fn apps_share_one_port_by_host_name() -> Result {
     d.shutdown().await?;
     Ok(())
 }
+
+/// The deployer of `a_killed_deployer_process_is_restored`, run in a child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by a_killed_deployer_process_is_restored"]
+async fn child_deployer_process() -> Result {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    let data = var("HEPHY_DEPLOY_CHILD_DATA")?;
+    let app: hephy_core::AppName = var("HEPHY_DEPLOY_CHILD_APP")?.parse()?;
+    let image: hephy_core::Reference = var("HEPHY_DEPLOY_CHILD_IMAGE")?.parse()?;
+    let d = LocalDeployer::builder(&data)
+        .layout_root(var("HEPHY_DEPLOY_CHILD_LAYOUTS")?)
+        .build()?;
+    d.create_app(&app).await?;
+    d.deploy(release(&app, &image), &Events::discard()).await?;
+    println!("ready {}", d.url(&app).await?);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    Err("the parent test did not kill this process".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_deployer_process_is_restored() -> Result {
+    use tokio::io::AsyncBufReadExt;
+
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("killed");
+    let _guard = Containers(app.clone());
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "local::child_deployer_process",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("HEPHY_DEPLOY_CHILD_DATA", data.path())
+        .env("HEPHY_DEPLOY_CHILD_APP", app.as_str())
+        .env("HEPHY_DEPLOY_CHILD_IMAGE", f.one.to_string())
+        .env("HEPHY_DEPLOY_CHILD_LAYOUTS", &f.root)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(url) = line.strip_prefix("ready ") {
+                return Ok(url.to_owned());
+            }
+        }
+        Err::<String, Box<dyn std::error::Error + Send + Sync>>(
+            "the child exited before it was ready".into(),
+        )
+    })
+    .await
+    .map_err(|_| "the child deployer was not ready within 60s")??;
+    // SIGKILL: no destructor, no shutdown, nothing flushed on the way out.
+    child.kill().await?;
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+    assert!(
+        get(addr, "/").await.is_err(),
+        "the router died with its process"
+    );
+
+    let d = deployer(data.path())?;
+    let report = d.restore(&Events::discard()).await?;
+    assert_eq!(report.reused, vec![app.clone()], "{report:?}");
+    assert_eq!(d.url(&app).await?, url);
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+    assert_eq!(d.releases(&app).await?.len(), 1);
+    d.shutdown().await?;
+    Ok(())
+}
