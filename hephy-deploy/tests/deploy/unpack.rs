@@ -283,3 +283,49 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn an_index_resolves_to_the_platform_manifest() -> Result {
+    use sha2::Digest as _;
+
+    let f = fixture()?;
+    let layout = tempfile::tempdir()?;
+    copy_dir(&f.root.join("hephy.local").join(REPOSITORY), layout.path())?;
+    let one = f.one.digest().ok_or("unpinned")?;
+    let two = f.two.digest().ok_or("unpinned")?;
+    let size = |d: &hephy_core::Digest| -> Result<u64> {
+        Ok(std::fs::metadata(hephy_deploy::unpack::blob_path(layout.path(), d))?.len())
+    };
+    // An index that says "one" is the amd64 image and "two" the arm64 one.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": one.to_string(),
+             "size": size(one)?, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": two.to_string(),
+             "size": size(two)?, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        ]
+    });
+    let bytes = serde_json::to_vec(&index)?;
+    let digest = hephy_core::Digest::sha256(hex::encode(sha2::Sha256::digest(&bytes)))?;
+    std::fs::write(
+        hephy_deploy::unpack::blob_path(layout.path(), &digest),
+        &bytes,
+    )?;
+
+    let amd64 = resolve(layout.path(), &digest, &Platform::linux_amd64())?;
+    assert_eq!(&amd64.manifest_digest, one);
+    let arm64 = resolve(layout.path(), &digest, &"linux/arm64".parse()?)?;
+    assert_eq!(&arm64.manifest_digest, two);
+    let err = resolve(layout.path(), &digest, &"linux/s390x".parse()?)
+        .err()
+        .ok_or("resolved a platform the index lacks")?;
+    let msg = err.to_string();
+    assert!(msg.contains("has no manifest for linux/s390x"), "{msg}");
+    assert!(
+        msg.contains("(it has: linux/amd64, linux/arm64/v8)"),
+        "{msg}"
+    );
+    Ok(())
+}
