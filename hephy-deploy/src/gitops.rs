@@ -35,8 +35,9 @@
 //! Commits are made with gix in a bare repository under the deployer's work directory, which
 //! is only a cache of the GitOps repository. The transport uses the `git` client at run time:
 //! `git ls-remote` to learn the branch's tip, `git fetch` to bring it when it is not cached, and
-//! `git push` of the new commit without force, so a commit made elsewhere in between makes the
-//! push fail instead of being overwritten. The repository is anything `git push` accepts: a
+//! `git push` of the new commit without force, so a commit made elsewhere in between is never
+//! overwritten: the push is rejected, and the release is made again on top of the new tip (a
+//! few times, then the deploy fails). The repository is anything `git push` accepts: a
 //! local (bare) repository path, a `file://`, `ssh://` or `https://` URL, with the credentials
 //! git is configured with.
 //!
@@ -66,6 +67,9 @@ use crate::manifests::{self, to_yaml, ManifestError, ManifestOptions};
 
 /// The name of the Flux `GitRepository` and the prefix of the `Kustomization` hephy writes.
 pub const FLUX_SOURCE_NAME: &str = "hephy-gitops";
+/// How often a release is made again on top when the branch moved before its push.
+const PUSH_ATTEMPTS: usize = 5;
+
 /// The name of the Flux `Kustomization` that applies `./apps`.
 pub const FLUX_KUSTOMIZATION_NAME: &str = "hephy-apps";
 
@@ -248,8 +252,8 @@ impl FluxDeployer {
         &self.branch
     }
 
-    async fn git(&self, args: &[&str]) -> Result<String, DeployError> {
-        let out = tokio::process::Command::new("git")
+    async fn git_output(&self, args: &[&str]) -> Result<std::process::Output, DeployError> {
+        tokio::process::Command::new("git")
             .arg("--git-dir")
             .arg(&self.cache)
             .args(args)
@@ -263,7 +267,11 @@ impl FluxDeployer {
                     "cannot run git, which the GitOps deployer uses to fetch and push: install git",
                     e,
                 )
-            })?;
+            })
+    }
+
+    async fn git(&self, args: &[&str]) -> Result<String, DeployError> {
+        let out = self.git_output(args).await?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -457,6 +465,88 @@ impl FluxDeployer {
             .collect();
         Ok(TreeChange { upsert, remove })
     }
+
+    /// One attempt at a release: `None` when the branch moved between reading its tip and
+    /// pushing (another hephy instance or a person pushed), so the caller tries again on top.
+    async fn try_deploy(
+        &self,
+        new: &NewRelease,
+        events: &Events,
+    ) -> Result<Option<Release>, DeployError> {
+        let new = new.clone();
+        let app = new.app.clone();
+        let tip = self.sync().await?;
+        let snapshot = self.read(tip, &app).await?;
+        let mut history = snapshot.releases.clone();
+        let previous = history.last();
+        let version = previous.map_or(ReleaseVersion::FIRST, |p| p.version.next());
+        let release = new.into_release(version, manifests::release_time(), previous);
+        if !self.plain_secrets && !release.config.is_empty() {
+            let names: Vec<&str> = release.config.iter().map(|(k, _)| k).collect();
+            return Err(DeployError::Other {
+                message: format!(
+                    "{app} has config vars ({}), which the GitOps deployer does not write into the repository: put them into an encrypted Secret {} (SOPS or a SealedSecret) in the cluster and unset them in hephy, or enable plain secrets for a private repository",
+                    names.join(", "),
+                    manifests::secret_name(&app)
+                ),
+                source: None,
+            });
+        }
+        let image = manifests::pinned_image(&release)
+            .map_err(|e| DeployError::other(format!("cannot deploy {version} of {app}"), e))?;
+        history.push(release.clone());
+        let change = self.release_files(&release, &history, &snapshot)?;
+        let message = format!("deploy {app} {version}: {image}\n\n{}\n", release.cause);
+
+        let cache = self.cache.clone();
+        let author = self.author.clone();
+        let base = snapshot.tree;
+        let commit = tokio::task::spawn_blocking(move || {
+            write_commit(&cache, tip, base, &change, &message, &author)
+        })
+        .await
+        .map_err(|e| DeployError::other("the GitOps commit task failed", e))??;
+
+        let refspec = format!("{commit}:refs/heads/{}", self.branch);
+        let out = self
+            .git_output(&["push", "--porcelain", "--", &self.repository, &refspec])
+            .await?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            // `--porcelain` marks a rejected ref with `!` and says why; a non-fast-forward or
+            // a lost ref lock means the branch moved, anything else is a real failure.
+            let moved = stdout.lines().any(|l| l.starts_with('!'))
+                && [
+                    "non-fast-forward",
+                    "fetch first",
+                    "cannot lock ref",
+                    "failed to update ref",
+                    "stale info",
+                ]
+                .iter()
+                .any(|m| stdout.contains(m) || stderr.contains(m));
+            if moved {
+                return Ok(None);
+            }
+            return Err(DeployError::Other {
+                message: format!(
+                    "cannot push {version} of {app} to {} of the GitOps repository {}: {}",
+                    self.branch,
+                    self.repository,
+                    stderr.trim()
+                ),
+                source: None,
+            });
+        }
+        events.log(format!(
+            "committed {version} of {app} as {} on {} of {}; Flux applies it at its next reconciliation",
+            commit.to_hex_with_len(12),
+            self.branch,
+            self.repository
+        ));
+        Ok(Some(release))
+    }
 }
 
 fn yaml<T: serde::Serialize>(object: &T) -> Result<String, DeployError> {
@@ -574,56 +664,22 @@ fn write_commit(
 impl Deployer for FluxDeployer {
     async fn deploy(&self, new: NewRelease, events: &Events) -> Result<Release, DeployError> {
         let _one_at_a_time = self.lock.lock().await;
-        let app = new.app.clone();
-        let tip = self.sync().await?;
-        let snapshot = self.read(tip, &app).await?;
-        let mut history = snapshot.releases.clone();
-        let previous = history.last();
-        let version = previous.map_or(ReleaseVersion::FIRST, |p| p.version.next());
-        let release = new.into_release(version, manifests::release_time(), previous);
-        if !self.plain_secrets && !release.config.is_empty() {
-            let names: Vec<&str> = release.config.iter().map(|(k, _)| k).collect();
-            return Err(DeployError::Other {
-                message: format!(
-                    "{app} has config vars ({}), which the GitOps deployer does not write into the repository: put them into an encrypted Secret {} (SOPS or a SealedSecret) in the cluster and unset them in hephy, or enable plain secrets for a private repository",
-                    names.join(", "),
-                    manifests::secret_name(&app)
-                ),
-                source: None,
-            });
+        for _ in 0..PUSH_ATTEMPTS {
+            if let Some(release) = self.try_deploy(&new, events).await? {
+                return Ok(release);
+            }
+            events.log(format!(
+                "{} of the GitOps repository moved while committing; making the release again on top",
+                self.branch
+            ));
         }
-        let image = manifests::pinned_image(&release)
-            .map_err(|e| DeployError::other(format!("cannot deploy {version} of {app}"), e))?;
-        history.push(release.clone());
-        let change = self.release_files(&release, &history, &snapshot)?;
-        let message = format!("deploy {app} {version}: {image}\n\n{}\n", release.cause);
-
-        let cache = self.cache.clone();
-        let author = self.author.clone();
-        let base = snapshot.tree;
-        let commit = tokio::task::spawn_blocking(move || {
-            write_commit(&cache, tip, base, &change, &message, &author)
+        Err(DeployError::Other {
+            message: format!(
+                "cannot release {}: {} of the GitOps repository {} moved during each of {PUSH_ATTEMPTS} attempts; deploy again when it is quieter",
+                new.app, self.branch, self.repository
+            ),
+            source: None,
         })
-        .await
-        .map_err(|e| DeployError::other("the GitOps commit task failed", e))??;
-
-        let refspec = format!("{commit}:refs/heads/{}", self.branch);
-        self.git(&["push", "--quiet", "--", &self.repository, &refspec])
-            .await
-            .map_err(|e| DeployError::Other {
-                message: format!(
-                    "cannot push {version} of {app} to {} (if the branch moved meanwhile, deploy again)",
-                    self.branch
-                ),
-                source: Some(Box::new(e)),
-            })?;
-        events.log(format!(
-            "committed {version} of {app} as {} on {} of {}; Flux applies it at its next reconciliation",
-            commit.to_hex_with_len(12),
-            self.branch,
-            self.repository
-        ));
-        Ok(release)
     }
 
     async fn releases(&self, app: &AppName) -> Result<Vec<Release>, DeployError> {

@@ -258,3 +258,41 @@ fn invalid_settings_are_refused() -> Result {
     insta::assert_snapshot!("invalid_settings", text.join("\n"));
     Ok(())
 }
+
+#[tokio::test]
+async fn instances_racing_on_one_repository_both_get_their_release() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let repo = bare_repo(tmp.path())?;
+    let a = deployer(&repo, &tmp.path().join("a"))?;
+    let b = deployer(&repo, &tmp.path().join("b"))?;
+    let (events, mut stream) = Events::channel();
+    a.deploy(plain("hello", 1)?, &events).await?;
+    // Both read the same tip and push; the later push is rejected and made again on top.
+    for round in 0..3u8 {
+        let (ra, rb) = tokio::join!(
+            a.deploy(plain("hello", 2 + round)?, &events),
+            b.deploy(plain("hello", 5 + round)?, &events)
+        );
+        let (ra, rb) = (ra?, rb?);
+        assert_ne!(
+            ra.version, rb.version,
+            "each push got its own release number"
+        );
+    }
+    let history = a.releases(&"hello".parse()?).await?;
+    let versions: Vec<u32> = history.iter().map(|r| r.version.number()).collect();
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+    let subjects = git(&repo, &["log", "--format=%s", "main"])?;
+    assert_eq!(subjects.lines().count(), 7, "{subjects}");
+    drop(events);
+    let mut retries = 0;
+    while let Some(e) = stream.recv().await {
+        retries += usize::from(e.render().contains("moved while committing"));
+    }
+    // Started together, the two instances read the same tip in (practically) every round.
+    assert!(
+        retries >= 1,
+        "expected at least one rejected push that was made again on top"
+    );
+    Ok(())
+}
