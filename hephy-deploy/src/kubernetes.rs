@@ -4,9 +4,9 @@
 //! fields it sets and a `kubectl edit` of them is overwritten by the next release) of the
 //! objects [`manifests::render`] makes: the Secret with the config vars, the Deployment and the
 //! Service (or a Flagger `Canary` for `strategy = "blue-green"` and `"canary"`). The deployer
-//! then reads, every poll interval, the Deployment's status (`observedGeneration`, `updatedReplicas`,
-//! `availableReplicas`, the `Progressing` condition) and the new release's pods until the
-//! rollout completes, reporting progress as events. A rollout fails when it does not finish
+//! then reads, every poll interval, the Deployment's status (`observedGeneration`,
+//! `updatedReplicas`, `availableReplicas`, the `Progressing` condition) and the new release's
+//! pods until the rollout completes, reporting progress as events. A rollout fails when it does not finish
 //! in time, when the Deployment's progress deadline passes, or at once when a pod of the new
 //! release waits with `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`,
 //! `CreateContainerConfigError` or `InvalidImageName`; the error names the pod, the reason and
@@ -24,8 +24,8 @@
 //! the ConfigMap: they are kept per release in the Secret of the same name (`config.json`).
 //! Both are written by server-side apply carrying the `resourceVersion` read before the
 //! release, so two instances releasing the same app at once cannot both record the same
-//! number: the later one fails with a conflict. Rollback is the
-//! trait's default: a new release with vN's image, config and settings.
+//! number: the later one fails with a conflict. Rollback is the trait's default: a new release
+//! with vN's image, config and settings.
 //!
 //! # What has not been verified against a live cluster
 //!
