@@ -6,9 +6,9 @@
 //! Service (or a Flagger `Canary` for `strategy = "blue-green"` and `"canary"`). The deployer
 //! then reads, every poll interval, the Deployment's status (`observedGeneration`,
 //! `updatedReplicas`, `availableReplicas`, the `Progressing` condition) and the new release's
-//! pods until the rollout completes, reporting progress as events. A rollout fails when it does not finish
-//! in time, when the Deployment's progress deadline passes, or at once when a pod of the new
-//! release waits with `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`,
+//! pods until the rollout completes, reporting progress as events. A rollout fails when it does
+//! not finish in time, when the Deployment's progress deadline passes, or at once when a pod of
+//! the new release waits with `CrashLoopBackOff`, `ImagePullBackOff`, `ErrImagePull`,
 //! `CreateContainerConfigError` or `InvalidImageName`; the error names the pod, the reason and
 //! the last lines of its log, and the previous release's objects are applied again, so its
 //! ReplicaSet takes over again. A failed release is not recorded.
