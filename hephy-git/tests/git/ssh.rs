@@ -350,6 +350,16 @@ async fn ssh_refuses_unknown_keys_other_commands_and_other_peoples_apps() -> Res
         );
         assert!(out.stdout.is_empty(), "{command:?} printed {}", out.stdout);
     }
+    // A terminal is refused (OpenSSH gives up when a forced one is not granted).
+    let mut tty = tokio::process::Command::new("ssh");
+    tty.args(ssh_options(&alice_key, port, None))
+        .args(["-tt", "git@127.0.0.1"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), tty.output()).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("PTY allocation request failed"), "{stderr}");
     let clone = run(git_ssh(
         work.path(),
         &["clone", &hello, "copy"],
