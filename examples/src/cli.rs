@@ -74,13 +74,18 @@ impl Settings {
     /// Saves the settings, readable only by the user.
     pub fn save(&self) -> std::io::Result<()> {
         let path = Self::path().ok_or_else(|| {
-            std::io::Error::other("neither XDG_CONFIG_HOME nor HOME is set, so settings cannot be saved")
+            std::io::Error::other(
+                "neither XDG_CONFIG_HOME nor HOME is set, so settings cannot be saved",
+            )
         })?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -98,7 +103,9 @@ pub struct AppNotFound(String);
 /// The app: `--app`/`HEPHY_APP`, else the last path component of the `hephy` git remote.
 pub fn resolve_app(flag: Option<&str>) -> Result<AppName, AppNotFound> {
     if let Some(a) = flag {
-        return a.parse().map_err(|e: hephy_core::AppNameError| AppNotFound(e.to_string()));
+        return a
+            .parse()
+            .map_err(|e: hephy_core::AppNameError| AppNotFound(e.to_string()));
     }
     let out = std::process::Command::new("git")
         .args(["remote", "get-url", "hephy"])
@@ -106,10 +113,17 @@ pub fn resolve_app(flag: Option<&str>) -> Result<AppName, AppNotFound> {
         .ok()
         .filter(|o| o.status.success())
         .ok_or_else(|| {
-            AppNotFound("which app? pass --app NAME, set HEPHY_APP, or add the app's `hephy` git remote".into())
+            AppNotFound(
+                "which app? pass --app NAME, set HEPHY_APP, or add the app's `hephy` git remote"
+                    .into(),
+            )
         })?;
     let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    app_from_remote(&url).ok_or_else(|| AppNotFound(format!("cannot tell the app from the hephy remote {url:?}: pass --app NAME")))
+    app_from_remote(&url).ok_or_else(|| {
+        AppNotFound(format!(
+            "cannot tell the app from the hephy remote {url:?}: pass --app NAME"
+        ))
+    })
 }
 
 /// The app named by a remote URL such as `http://host:7080/hello.git` or `ssh://git@host/hello.git`.
@@ -123,20 +137,32 @@ pub fn app_from_dir() -> Result<AppName, AppNotFound> {
     let dir = std::env::current_dir().map_err(|e| AppNotFound(e.to_string()))?;
     let name = dir
         .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase().replace(['_', '.', ' '], "-"))
+        .map(|n| {
+            n.to_string_lossy()
+                .to_ascii_lowercase()
+                .replace(['_', '.', ' '], "-")
+        })
         .unwrap_or_default();
-    name.parse()
-        .map_err(|e: hephy_core::AppNameError| AppNotFound(format!("{e}; pass a name: hephy apps create NAME")))
+    name.parse().map_err(|e: hephy_core::AppNameError| {
+        AppNotFound(format!("{e}; pass a name: hephy apps create NAME"))
+    })
 }
 
 /// `~/.ssh/id_ed25519.pub`, else `~/.ssh/id_rsa.pub`.
 pub fn default_public_key() -> Result<PathBuf, AppNotFound> {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
         .iter()
         .map(|f| home.join(".ssh").join(f))
         .find(|p| p.exists())
-        .ok_or_else(|| AppNotFound("no public key in ~/.ssh: make one with `ssh-keygen -t ed25519` or pass its path".into()))
+        .ok_or_else(|| {
+            AppNotFound(
+                "no public key in ~/.ssh: make one with `ssh-keygen -t ed25519` or pass its path"
+                    .into(),
+            )
+        })
 }
 
 /// Colour on a terminal (unless `NO_COLOR` is set), plain text otherwise.

@@ -55,7 +55,12 @@ type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// when `dir` is not a git checkout.
 pub fn checkout_head(dir: &Path, dest: &Path) -> Result<Option<Revision>> {
     let git = |args: &[&str]| -> Option<String> {
-        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -70,7 +75,11 @@ pub fn checkout_head(dir: &Path, dest: &Path) -> Result<Option<Revision>> {
         .output()
         .map_err(|e| format!("cannot run git archive: {e}"))?;
     if !archive.status.success() {
-        return Err(format!("git archive failed: {}", String::from_utf8_lossy(&archive.stderr)).into());
+        return Err(format!(
+            "git archive failed: {}",
+            String::from_utf8_lossy(&archive.stderr)
+        )
+        .into());
     }
     std::fs::create_dir_all(dest)?;
     tar::Archive::new(archive.stdout.as_slice()).unpack(dest)?;
@@ -98,7 +107,10 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
     let mut ctx = match checkout_head(&args.dir, &src)? {
         Some(rev) => BuildContext::open(&src)?.with_revision(rev),
         None => {
-            eprintln!("{}", style.event_line(" !     not a git checkout: building the directory as it is"));
+            eprintln!(
+                "{}",
+                style.event_line(" !     not a git checkout: building the directory as it is")
+            );
             BuildContext::open(&args.dir)?
         }
     };

@@ -45,5 +45,9 @@ pub fn options(
         _ => return Err("give both --registry-user and --registry-password, or neither".into()),
     };
     let o = RegistryOptions::from_env().auth(auth);
-    Ok(if insecure { o.insecure(split(registry).0) } else { o })
+    Ok(if insecure {
+        o.insecure(split(registry).0)
+    } else {
+        o
+    })
 }

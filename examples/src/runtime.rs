@@ -12,7 +12,7 @@ use hephy_core::{
 use hephy_deploy::local::LocalDeployer;
 use hephy_git::auth::Accounts;
 
-use crate::api::{AppRuntime, LineStream};
+use hephy_git::api::{AppRuntime, LineStream};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -25,7 +25,11 @@ impl LocalRuntime {
     /// The app's URL, without waiting (for the summary at the end of a push).
     pub fn url_now(&self, app: &AppName) -> Option<String> {
         self.0.addr(app).ok().map(|a| {
-            let ip = if a.ip().is_unspecified() { "127.0.0.1".to_owned() } else { a.ip().to_string() };
+            let ip = if a.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                a.ip().to_string()
+            };
             format!("http://{ip}:{}", a.port())
         })
     }
@@ -45,7 +49,11 @@ impl LocalRuntime {
 
 #[async_trait]
 impl Deployer for LocalRuntime {
-    async fn deploy(&self, release: NewRelease, events: &Events) -> std::result::Result<Release, DeployError> {
+    async fn deploy(
+        &self,
+        release: NewRelease,
+        events: &Events,
+    ) -> std::result::Result<Release, DeployError> {
         // An app pushed before it was created through the API still gets its router port.
         if !self.0.ledger().has_app(&release.app) {
             self.0.create_app(&release.app).await?;
@@ -55,10 +63,20 @@ impl Deployer for LocalRuntime {
     async fn releases(&self, app: &AppName) -> std::result::Result<Vec<Release>, DeployError> {
         self.0.releases(app).await
     }
-    async fn rollback(&self, app: &AppName, to: ReleaseVersion, events: &Events) -> std::result::Result<Release, DeployError> {
+    async fn rollback(
+        &self,
+        app: &AppName,
+        to: ReleaseVersion,
+        events: &Events,
+    ) -> std::result::Result<Release, DeployError> {
         self.0.rollback(app, to, events).await
     }
-    async fn set_config(&self, app: &AppName, change: &ConfigChange, events: &Events) -> std::result::Result<Release, DeployError> {
+    async fn set_config(
+        &self,
+        app: &AppName,
+        change: &ConfigChange,
+        events: &Events,
+    ) -> std::result::Result<Release, DeployError> {
         self.0.set_config(app, change, events).await
     }
 }
@@ -80,11 +98,16 @@ impl AppRuntime for LocalRuntime {
     async fn url(&self, app: &AppName) -> Option<String> {
         self.url_now(app)
     }
-    async fn logs(&self, app: &AppName, follow: bool) -> std::result::Result<LineStream, DeployError> {
+    async fn logs(
+        &self,
+        app: &AppName,
+        follow: bool,
+    ) -> std::result::Result<LineStream, DeployError> {
         let stream = self.0.logs(app, follow).await?;
-        Ok(Box::pin(futures_util::stream::unfold(stream, |mut s| async move {
-            s.next_line().await.map(|l| (l, s))
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            stream,
+            |mut s| async move { s.next_line().await.map(|l| (l, s)) },
+        )))
     }
 }
 
@@ -146,7 +169,12 @@ pub fn bootstrap_admin(accounts: &Accounts, data: &Path) -> Result<Option<String
 }
 
 /// What to do next, printed once the server listens.
-pub fn print_next_steps(public_url: &str, ssh: Option<SocketAddr>, data: &Path, new_token: Option<&str>) {
+pub fn print_next_steps(
+    public_url: &str,
+    ssh: Option<SocketAddr>,
+    data: &Path,
+    new_token: Option<&str>,
+) {
     let token_file = data.join("admin-token");
     println!("hephy-server is listening");
     println!("  git + API over HTTP: {public_url}");
@@ -154,11 +182,17 @@ pub fn print_next_steps(public_url: &str, ssh: Option<SocketAddr>, data: &Path, 
         println!("  git over SSH:        ssh://git@{s}");
     }
     if new_token.is_some() {
-        println!("  created user admin; its token is in {}", token_file.display());
+        println!(
+            "  created user admin; its token is in {}",
+            token_file.display()
+        );
     }
     println!();
     println!("Next:");
-    println!("  hephy login {public_url} --token \"$(cat {})\"", token_file.display());
+    println!(
+        "  hephy login {public_url} --token \"$(cat {})\"",
+        token_file.display()
+    );
     println!("  hephy apps create myapp");
     println!("  git remote add hephy {public_url}/myapp.git");
     println!("  git push hephy main");

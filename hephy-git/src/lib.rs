@@ -33,7 +33,9 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod auth;
+pub mod ci;
 mod http;
 mod lock;
 mod receive;

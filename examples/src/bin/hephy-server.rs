@@ -9,12 +9,17 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use hephy_core::{Deployer, Events, Pipeline, Publisher};
-use hephy_examples::{api, publisher, runtime};
+use hephy_examples::{publisher, runtime};
+use hephy_git::api;
 use hephy_git::auth::Accounts;
 use hephy_git::{GitServer, GitSource};
 
 #[derive(Parser)]
-#[command(name = "hephy-server", version, about = "git push to deploy: the hephy server")]
+#[command(
+    name = "hephy-server",
+    version,
+    about = "git push to deploy: the hephy server"
+)]
 struct Args {
     /// Where repositories, images, releases and accounts are kept.
     #[arg(long, env = "HEPHY_DATA_DIR", default_value = ".hephy-data")]
@@ -79,7 +84,8 @@ enum DeployerKind {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEPHY_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HEPHY_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -93,8 +99,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create the data directory {}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
     let data = std::fs::canonicalize(&args.data_dir)?;
     let accounts = Accounts::open(&data)?;
     let admin_token = runtime::bootstrap_admin(&accounts, &data)?;
@@ -150,7 +160,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let pipeline = Arc::new(pipeline.build()?);
 
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", args.http));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.http));
     let url_runtime = local.clone();
     let git = GitServer::builder(&data)
         .pipeline(pipeline)
@@ -175,18 +188,35 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let http = tokio::net::TcpListener::bind(args.http)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}; choose another with --http", args.http))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; choose another with --http",
+                args.http
+            )
+        })?;
     let ssh = if args.no_ssh {
         None
     } else {
-        let l = tokio::net::TcpListener::bind(args.ssh)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}; choose another with --ssh, or --no-ssh", args.ssh))?;
-        let server = hephy_git::ssh::SshServer::new(git.clone(), accounts.clone(), data.join("ssh_host_ed25519_key"))?;
+        let l = tokio::net::TcpListener::bind(args.ssh).await.map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; choose another with --ssh, or --no-ssh",
+                args.ssh
+            )
+        })?;
+        let server = hephy_git::ssh::SshServer::new(
+            git.clone(),
+            accounts.clone(),
+            data.join("ssh_host_ed25519_key"),
+        )?;
         Some(tokio::spawn(async move { server.run(l).await }))
     };
 
-    runtime::print_next_steps(&public_url, (!args.no_ssh).then_some(args.ssh), &data, admin_token.as_deref());
+    runtime::print_next_steps(
+        &public_url,
+        (!args.no_ssh).then_some(args.ssh),
+        &data,
+        admin_token.as_deref(),
+    );
 
     let serve = axum::serve(http, app).with_graceful_shutdown(runtime::shutdown_signal());
     serve.await?;

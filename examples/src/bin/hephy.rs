@@ -8,12 +8,16 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hephy_core::{AppName, ConfigChange, Release, ReleaseVersion};
-use hephy_examples::api::{AppInfo, Client};
-use hephy_examples::ci::CiSystem;
 use hephy_examples::{cli, local};
+use hephy_git::api::{AppInfo, Client};
+use hephy_git::ci::CiSystem;
 
 #[derive(Parser)]
-#[command(name = "hephy", version, about = "git push to deploy: the hephy client")]
+#[command(
+    name = "hephy",
+    version,
+    about = "git push to deploy: the hephy client"
+)]
 struct Cli {
     /// The hephy server (default: from `hephy login`).
     #[arg(long, global = true, env = "HEPHY_URL")]
@@ -157,16 +161,32 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
     let settings = cli::Settings::load();
     let app = || -> Result<AppName> { Ok(cli::resolve_app(cli.app.as_deref())?) };
     let client = || -> Result<Client> {
-        let url = cli.url.clone().or(settings.url.clone()).ok_or(cli::NOT_LOGGED_IN)?;
-        let token = cli.token.clone().or(settings.token.clone()).ok_or(cli::NOT_LOGGED_IN)?;
+        let url = cli
+            .url
+            .clone()
+            .or(settings.url.clone())
+            .ok_or(cli::NOT_LOGGED_IN)?;
+        let token = cli
+            .token
+            .clone()
+            .or(settings.token.clone())
+            .ok_or(cli::NOT_LOGGED_IN)?;
         Ok(Client::new(&url, &token))
     };
     match cli.command {
         Command::Login { url, token } => {
             let c = Client::new(&url, &token);
             let me = c.whoami().await?;
-            cli::Settings { url: Some(url.clone()), token: Some(token) }.save()?;
-            println!("Logged in to {url} as {}{}", me.user, if me.admin { " (admin)" } else { "" });
+            cli::Settings {
+                url: Some(url.clone()),
+                token: Some(token),
+            }
+            .save()?;
+            println!(
+                "Logged in to {url} as {}{}",
+                me.user,
+                if me.admin { " (admin)" } else { "" }
+            );
         }
         Command::Whoami => {
             let me = client()?.whoami().await?;
@@ -189,7 +209,11 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
             }
             AppsCmd::List => {
                 for a in client()?.apps().await? {
-                    let v = a.release.as_ref().map(|r| r.version.to_string()).unwrap_or_else(|| "-".into());
+                    let v = a
+                        .release
+                        .as_ref()
+                        .map(|r| r.version.to_string())
+                        .unwrap_or_else(|| "-".into());
                     println!("{:<24} {:<5} {}", a.name, v, a.url.unwrap_or_default());
                 }
             }
@@ -197,7 +221,10 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
             AppsCmd::Destroy { confirm } => {
                 let name = app()?;
                 if confirm != name.as_str() {
-                    return Err(format!("refusing to destroy {name}: pass --confirm {name} to confirm").into());
+                    return Err(format!(
+                        "refusing to destroy {name}: pass --confirm {name} to confirm"
+                    )
+                    .into());
                 }
                 client()?.destroy_app(&name).await?;
                 println!("{}", style.ok(&format!("Destroyed {name}")));
@@ -212,7 +239,10 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
                 let line = std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 let k = client()?.add_key(line.trim()).await?;
-                println!("{}", style.ok(&format!("Added {} {}", k.fingerprint, k.comment)));
+                println!(
+                    "{}",
+                    style.ok(&format!("Added {} {}", k.fingerprint, k.comment))
+                );
             }
             KeysCmd::List => {
                 for k in client()?.keys().await? {
@@ -230,7 +260,9 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
                 ConfigCmd::List => {
                     let view = c.config(&a).await?;
                     if view.vars.is_empty() {
-                        println!("{a} has no config vars; set some with `hephy config set NAME=value`");
+                        println!(
+                            "{a} has no config vars; set some with `hephy config set NAME=value`"
+                        );
                     }
                     for (k, v) in view.vars.iter() {
                         println!("{k}={v}");
@@ -271,7 +303,9 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
         }
         Command::Open => {
             let info = client()?.app(&app()?).await?;
-            let url = info.url.ok_or("the app is not running yet: git push hephy main")?;
+            let url = info
+                .url
+                .ok_or("the app is not running yet: git push hephy main")?;
             println!("{url}");
             let _ = std::process::Command::new("xdg-open")
                 .arg(&url)
@@ -289,12 +323,18 @@ async fn run(cli: Cli, style: &cli::Style) -> Result {
             let name = app().or_else(|_| cli::app_from_dir())?;
             let path = PathBuf::from(args.system.path());
             if path.exists() && !args.force {
-                return Err(format!("{} exists: pass --force to overwrite it", path.display()).into());
+                return Err(
+                    format!("{} exists: pass --force to overwrite it", path.display()).into(),
+                );
             }
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(&path, args.system.workflow(name.as_str(), &args.branch, args.deploy))?;
+            std::fs::write(
+                &path,
+                args.system
+                    .workflow(name.as_str(), &args.branch, args.deploy),
+            )?;
             println!("{}", style.ok(&format!("Wrote {}", path.display())));
         }
     }
@@ -308,7 +348,10 @@ fn print_app(a: &AppInfo, style: &cli::Style) {
     if let Some(s) = &a.git_ssh {
         println!("git (ssh):  {s}");
     }
-    println!("url:        {}", a.url.as_deref().unwrap_or("(not running)"));
+    println!(
+        "url:        {}",
+        a.url.as_deref().unwrap_or("(not running)")
+    );
     println!("users:      {}", a.users.join(", "));
     match &a.release {
         Some(r) => println!("release:    {} {} ({})", r.version, r.image, r.cause),
@@ -317,5 +360,11 @@ fn print_app(a: &AppInfo, style: &cli::Style) {
 }
 
 fn print_release_made(r: &Release, style: &cli::Style) {
-    println!("{}", style.ok(&format!("{} of {} is live: {} ({})", r.version, r.app, r.image, r.cause)));
+    println!(
+        "{}",
+        style.ok(&format!(
+            "{} of {} is live: {} ({})",
+            r.version, r.app, r.image, r.cause
+        ))
+    );
 }

@@ -65,7 +65,10 @@ fn normalize(transcript: &str, server: &Server, registry: &TestRegistry) -> Stri
         (r"\b[0-9a-f]{7,40}\b", "[hex]"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[port]"),
         (r"port \d+", "port [port]"),
-        (r"\b\d+(\.\d+)?(ms|s)\b|\b\d+ ms\b|\b\d+m\d+s\b", "[elapsed]"),
+        (
+            r"\b\d+(\.\d+)?(ms|s)\b|\b\d+ ms\b|\b\d+m\d+s\b",
+            "[elapsed]",
+        ),
         (r"\(\d+ probe\(s\)\)", "([n] probes)"),
         (r"\s+$", ""),
     ];
@@ -77,9 +80,16 @@ fn normalize(transcript: &str, server: &Server, registry: &TestRegistry) -> Stri
         l.contains("... still")
             || l.contains("health probe ")
             || l.contains("unpacked in ")
-            || ["Enumerating", "Counting", "Delta compression", "Compressing", "Writing objects", "Total "]
-                .iter()
-                .any(|p| l.starts_with(p))
+            || [
+                "Enumerating",
+                "Counting",
+                "Delta compression",
+                "Compressing",
+                "Writing objects",
+                "Total ",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
             || l.trim().is_empty()
     };
     let mut out: Vec<String> = vec![];
@@ -130,11 +140,17 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
     // Log in, create the app, add a key.
     run(hephy(home).args(["login", &server.url(), "--token", &server.token]))?;
     let created = run(hephy(home).args(["apps:create", APP]))?;
-    let created = String::from_utf8_lossy(&created.stdout).replace(&server.http.to_string(), "[server]").replace(&server.ssh.to_string(), "[ssh]");
+    let created = String::from_utf8_lossy(&created.stdout)
+        .replace(&server.http.to_string(), "[server]")
+        .replace(&server.ssh.to_string(), "[ssh]");
     insta::assert_snapshot!("apps_create", created);
     let key = home.join("id_ed25519");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ada@e2e", "-f"]).arg(&key))?;
-    let added = run(hephy(home).args(["keys", "add"]).arg(key.with_extension("pub")))?;
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ada@e2e", "-f"])
+        .arg(&key))?;
+    let added = run(hephy(home)
+        .args(["keys", "add"])
+        .arg(key.with_extension("pub")))?;
     assert!(String::from_utf8_lossy(&added.stdout).contains("SHA256:"));
 
     // First push, over HTTP.
@@ -155,7 +171,10 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
         .next()
         .unwrap_or_default()
         .to_owned();
-    assert!(transcript.contains(&app_url), "the push ends with the URL {app_url}:\n{transcript}");
+    assert!(
+        transcript.contains(&app_url),
+        "the push ends with the URL {app_url}:\n{transcript}"
+    );
     insta::assert_snapshot!("first_push", normalize(&transcript, server, registry));
     wait_for(&app_url, "hello from v1")?;
 
@@ -163,7 +182,8 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
     let repository = format!("{}/{APP}", registry.addr());
     let tags = hephy_backends::testing::skopeo_list_tags(&repository, None)?;
     assert_eq!(tags.len(), 1, "{tags:?}");
-    let index = hephy_backends::testing::skopeo_inspect_raw(&format!("{repository}:{}", tags[0]), None)?;
+    let index =
+        hephy_backends::testing::skopeo_inspect_raw(&format!("{repository}:{}", tags[0]), None)?;
     let mut archs: Vec<String> = index["manifests"]
         .as_array()
         .ok_or("not an index")?
@@ -200,31 +220,57 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
         key.display(),
         server.ssh.port()
     );
-    let pushed = run(git(&repo)
-        .env("GIT_SSH_COMMAND", &ssh)
-        .args(["push", &format!("ssh://git@{}/{APP}.git", server.ssh), "main"]))?;
+    let pushed = run(git(&repo).env("GIT_SSH_COMMAND", &ssh).args([
+        "push",
+        &format!("ssh://git@{}/{APP}.git", server.ssh),
+        "main",
+    ]))?;
     wait_for(&app_url, "hello from v2")?;
     stop.store(true, Ordering::SeqCst);
     let errors = load.join().map_err(|_| "load thread panicked")?;
     let ssh_transcript = String::from_utf8_lossy(&pushed.stderr);
-    assert!(ssh_transcript.contains("[linux/arm64] "), "{ssh_transcript}");
+    assert!(
+        ssh_transcript.contains("[linux/arm64] "),
+        "{ssh_transcript}"
+    );
     assert!(ok.load(Ordering::SeqCst) > 20, "the load loop ran");
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed across the switch: {errors:?}");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed across the switch: {errors:?}"
+    );
 
     // Config makes a release the app sees.
     let set = run(hephy(home).args(["config:set", "GREETING=hi", "--app", APP]))?;
-    assert!(String::from_utf8_lossy(&set.stdout).contains("v3"), "{:?}", set);
+    assert!(
+        String::from_utf8_lossy(&set.stdout).contains("v3"),
+        "{:?}",
+        set
+    );
     wait_for(&app_url, "hi from v2")?;
     let listed = run(hephy(home).args(["config", "list", "--app", APP]))?;
-    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "GREETING=hi");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).trim(),
+        "GREETING=hi"
+    );
 
     // Rollback restores v1's image and config.
     run(hephy(home).args(["rollback", "v1", "--app", APP]))?;
     wait_for(&app_url, "hello from v1")?;
-    let releases = String::from_utf8_lossy(&run(hephy(home).args(["releases", "--app", APP]))?.stdout).into_owned();
+    let releases =
+        String::from_utf8_lossy(&run(hephy(home).args(["releases", "--app", APP]))?.stdout)
+            .into_owned();
     let causes: Vec<String> = releases
         .lines()
-        .map(|l| l.split("  ").last().unwrap_or_default().split(" by ").next().unwrap_or_default().to_owned())
+        .map(|l| {
+            l.split("  ")
+                .last()
+                .unwrap_or_default()
+                .split(" by ")
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
     assert_eq!(causes.len(), 4, "{releases}");
     assert!(causes[0].starts_with("rollback to v1"), "{releases}");
@@ -237,12 +283,21 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
         .and_then(|l| l.split_whitespace().find(|w| w.contains("@sha256:")))
         .ok_or("no v2 image")?
         .to_owned();
-    let built = run(hephy(home)
-        .current_dir(&repo)
-        .args(["build", "--app", APP, "--registry", &registry.addr().to_string(), "--insecure-registry"]))?;
+    let built = run(hephy(home).current_dir(&repo).args([
+        "build",
+        "--app",
+        APP,
+        "--registry",
+        &registry.addr().to_string(),
+        "--insecure-registry",
+    ]))?;
     let built_ref = String::from_utf8_lossy(&built.stdout).trim().to_owned();
     let digest = |r: &str| r.split('@').nth(1).map(str::to_owned);
-    assert_eq!(digest(&built_ref), digest(&v2_image), "hephy build gave {built_ref}, the server built {v2_image}");
+    assert_eq!(
+        digest(&built_ref),
+        digest(&v2_image),
+        "hephy build gave {built_ref}, the server built {v2_image}"
+    );
 
     // The build log of the last push is kept.
     let log = run(hephy(home).args(["logs", "--build", "--app", APP]))?;

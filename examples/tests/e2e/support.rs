@@ -53,7 +53,9 @@ impl Server {
                 }
             }
             if let Some(status) = server.child.try_wait()? {
-                return Err(format!("hephy-server exited with {status}:\n{}", server.logs()).into());
+                return Err(
+                    format!("hephy-server exited with {status}:\n{}", server.logs()).into(),
+                );
             }
             if Instant::now() > deadline {
                 return Err(format!("hephy-server did not start:\n{}", server.logs()).into());
@@ -86,7 +88,9 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // A clean stop lets the local deployer stop its router; containers are cleaned below.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -108,7 +112,12 @@ fn list_containers() -> Vec<String> {
     Command::new("runc")
         .args(["list", "-q"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -163,11 +172,14 @@ pub fn get(url: &str) -> std::result::Result<String, String> {
         None => (rest, "/".to_owned()),
     };
     let mut s = TcpStream::connect(host).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
-    let (head, body) = buf.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {buf:?}"))?;
+    let (head, body) = buf
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP answer: {buf:?}"))?;
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
         return Err(format!("answer: {head}"));
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::auth::{Accounts, User};
+use crate::GitServer;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -16,8 +18,6 @@ use hephy_core::{
     async_trait, AppName, ConfigChange, DeployConfig, DeployError, Deployer, Events, NewRelease,
     Reference, ReleaseCause, ReleaseVersion,
 };
-use hephy_git::auth::{Accounts, User};
-use hephy_git::GitServer;
 use serde::Deserialize;
 
 use super::types::*;
@@ -89,7 +89,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/apps", get(list_apps).post(create_app))
         .route("/api/v1/apps/{app}", get(app_info).delete(destroy_app))
-        .route("/api/v1/apps/{app}/config", get(get_config).post(change_config))
+        .route(
+            "/api/v1/apps/{app}/config",
+            get(get_config).post(change_config),
+        )
         .route("/api/v1/apps/{app}/releases", get(releases))
         .route("/api/v1/apps/{app}/rollback", post(rollback))
         .route("/api/v1/apps/{app}/deploy", post(deploy_image))
@@ -112,7 +115,9 @@ impl IntoResponse for ApiError {
 impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         let status = match &e {
-            DeployError::UnknownApp { .. } | DeployError::UnknownRelease { .. } => StatusCode::NOT_FOUND,
+            DeployError::UnknownApp { .. } | DeployError::UnknownRelease { .. } => {
+                StatusCode::NOT_FOUND
+            }
             DeployError::NoRelease { .. } => StatusCode::CONFLICT,
             DeployError::Config(_) => StatusCode::BAD_REQUEST,
             DeployError::Unhealthy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,7 +139,10 @@ pub struct Authed(User);
 impl FromRequestParts<ApiState> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let unauthorized = || {
             ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -154,16 +162,23 @@ impl FromRequestParts<ApiState> for Authed {
                 .decode(b.trim())
                 .map_err(|_| unauthorized())?;
             let text = String::from_utf8(raw).map_err(|_| unauthorized())?;
-            text.split_once(':').map(|(_, p)| p.to_owned()).ok_or_else(unauthorized)?
+            text.split_once(':')
+                .map(|(_, p)| p.to_owned())
+                .ok_or_else(unauthorized)?
         } else {
             return Err(unauthorized());
         };
-        state.accounts.authenticate_token(&token).map(Authed).ok_or_else(unauthorized)
+        state
+            .accounts
+            .authenticate_token(&token)
+            .map(Authed)
+            .ok_or_else(unauthorized)
     }
 }
 
 fn parse_app(s: &str) -> ApiResult<AppName> {
-    s.parse().map_err(|e: hephy_core::AppNameError| bad(e.to_string()))
+    s.parse()
+        .map_err(|e: hephy_core::AppNameError| bad(e.to_string()))
 }
 
 /// The app, if it exists and the user may use it.
@@ -183,7 +198,10 @@ fn authorized_app(state: &ApiState, user: &User, app: &str) -> ApiResult<AppName
     if !state.accounts.may_push(user, &app) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
-            format!("user {} may not use app {app}: ask its owner or an admin for access", user.name),
+            format!(
+                "user {} may not use app {app}: ask its owner or an admin for access",
+                user.name
+            ),
         ));
     }
     Ok(app)
@@ -224,7 +242,10 @@ async fn whoami(Authed(user): Authed) -> Json<WhoAmI> {
     })
 }
 
-async fn list_apps(State(state): State<ApiState>, Authed(user): Authed) -> ApiResult<Json<Vec<AppInfo>>> {
+async fn list_apps(
+    State(state): State<ApiState>,
+    Authed(user): Authed,
+) -> ApiResult<Json<Vec<AppInfo>>> {
     let apps = state
         .git
         .apps()
@@ -304,9 +325,13 @@ async fn change_config(
 ) -> ApiResult<Json<hephy_core::Release>> {
     let app = authorized_app(&state, &user, &app)?;
     if change.is_empty() {
-        return Err(bad("nothing to change: give NAME=value pairs to set or NAMEs to unset"));
+        return Err(bad(
+            "nothing to change: give NAME=value pairs to set or NAMEs to unset",
+        ));
     }
-    let r = deployer(&state)?.set_config(&app, &change, &Events::discard()).await?;
+    let r = deployer(&state)?
+        .set_config(&app, &change, &Events::discard())
+        .await?;
     Ok(Json(r))
 }
 
@@ -326,8 +351,15 @@ async fn rollback(
     Json(body): Json<Rollback>,
 ) -> ApiResult<Json<hephy_core::Release>> {
     let app = authorized_app(&state, &user, &app)?;
-    let version: ReleaseVersion = body.version.parse().map_err(|e: hephy_core::ReleaseVersionError| bad(e.to_string()))?;
-    Ok(Json(deployer(&state)?.rollback(&app, version, &Events::discard()).await?))
+    let version: ReleaseVersion = body
+        .version
+        .parse()
+        .map_err(|e: hephy_core::ReleaseVersionError| bad(e.to_string()))?;
+    Ok(Json(
+        deployer(&state)?
+            .rollback(&app, version, &Events::discard())
+            .await?,
+    ))
 }
 
 async fn deploy_image(
@@ -347,7 +379,11 @@ async fn deploy_image(
         )));
     }
     let d = deployer(&state)?;
-    let settings = d.current(&app).await?.map(|r| r.deploy).unwrap_or_else(DeployConfig::default);
+    let settings = d
+        .current(&app)
+        .await?
+        .map(|r| r.deploy)
+        .unwrap_or_else(DeployConfig::default);
     let new = NewRelease::new(
         app,
         image.clone(),
@@ -378,14 +414,20 @@ async fn logs(
         "build" => {
             let path = build_log_path(&state, &app);
             let text = std::fs::read_to_string(&path).map_err(|_| {
-                ApiError(StatusCode::NOT_FOUND, format!("{app} has no build log yet: git push hephy main"))
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("{app} has no build log yet: git push hephy main"),
+                )
             })?;
             let lines: Vec<String> = text.lines().map(str::to_owned).collect();
             Box::pin(futures_util::stream::iter(lines))
         }
         "app" => {
             let runtime = state.runtime.as_ref().ok_or_else(|| {
-                ApiError(StatusCode::NOT_IMPLEMENTED, "this server's deployer keeps no app logs".into())
+                ApiError(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this server's deployer keeps no app logs".into(),
+                )
             })?;
             runtime.logs(&app, q.follow).await?
         }
@@ -419,7 +461,10 @@ async fn add_key(
     Authed(user): Authed,
     Json(body): Json<AddKey>,
 ) -> ApiResult<(StatusCode, Json<KeyView>)> {
-    let k = state.accounts.add_key(&user.name, &body.key).map_err(|e| bad(e.to_string()))?;
+    let k = state
+        .accounts
+        .add_key(&user.name, &body.key)
+        .map_err(|e| bad(e.to_string()))?;
     Ok((
         StatusCode::CREATED,
         Json(KeyView {

@@ -98,12 +98,18 @@ impl Client {
         Ok(resp)
     }
 
-    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let resp = self.send(req).await?;
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
             url: self.base.clone(),
             message: e.to_string(),
@@ -126,17 +132,26 @@ impl Client {
 
     /// Creates an app.
     pub async fn create_app(&self, app: &AppName) -> Result<AppInfo, ClientError> {
-        self.json(self.post("/apps", &CreateApp { name: app.to_string() })).await
+        self.json(self.post(
+            "/apps",
+            &CreateApp {
+                name: app.to_string(),
+            },
+        ))
+        .await
     }
 
     /// One app.
     pub async fn app(&self, app: &AppName) -> Result<AppInfo, ClientError> {
-        self.json(self.http.get(self.url(&format!("/apps/{app}")))).await
+        self.json(self.http.get(self.url(&format!("/apps/{app}"))))
+            .await
     }
 
     /// Destroys an app: its repository, releases and running containers.
     pub async fn destroy_app(&self, app: &AppName) -> Result<(), ClientError> {
-        self.send(self.http.delete(self.url(&format!("/apps/{app}")))).await.map(drop)
+        self.send(self.http.delete(self.url(&format!("/apps/{app}"))))
+            .await
+            .map(drop)
     }
 
     /// The user's keys.
@@ -146,7 +161,13 @@ impl Client {
 
     /// Adds a public key.
     pub async fn add_key(&self, key: &str) -> Result<KeyView, ClientError> {
-        self.json(self.post("/keys", &AddKey { key: key.to_owned() })).await
+        self.json(self.post(
+            "/keys",
+            &AddKey {
+                key: key.to_owned(),
+            },
+        ))
+        .await
     }
 
     /// Removes a key by fingerprint.
@@ -157,25 +178,37 @@ impl Client {
 
     /// The app's config vars.
     pub async fn config(&self, app: &AppName) -> Result<ConfigView, ClientError> {
-        self.json(self.http.get(self.url(&format!("/apps/{app}/config")))).await
+        self.json(self.http.get(self.url(&format!("/apps/{app}/config"))))
+            .await
     }
 
     /// Changes config vars, making a release.
-    pub async fn change_config(&self, app: &AppName, change: &ConfigChange) -> Result<Release, ClientError> {
-        self.json(self.post(&format!("/apps/{app}/config"), change)).await
+    pub async fn change_config(
+        &self,
+        app: &AppName,
+        change: &ConfigChange,
+    ) -> Result<Release, ClientError> {
+        self.json(self.post(&format!("/apps/{app}/config"), change))
+            .await
     }
 
     /// The app's releases, oldest first.
     pub async fn releases(&self, app: &AppName) -> Result<Vec<Release>, ClientError> {
-        self.json(self.http.get(self.url(&format!("/apps/{app}/releases")))).await
+        self.json(self.http.get(self.url(&format!("/apps/{app}/releases"))))
+            .await
     }
 
     /// Rolls back to `version` as a new release.
-    pub async fn rollback(&self, app: &AppName, version: ReleaseVersion) -> Result<Release, ClientError> {
+    pub async fn rollback(
+        &self,
+        app: &AppName,
+        version: ReleaseVersion,
+    ) -> Result<Release, ClientError> {
         let body = Rollback {
             version: version.to_string(),
         };
-        self.json(self.post(&format!("/apps/{app}/rollback"), &body)).await
+        self.json(self.post(&format!("/apps/{app}/rollback"), &body))
+            .await
     }
 
     /// Deploys an image built elsewhere.
@@ -183,7 +216,8 @@ impl Client {
         let body = DeployImage {
             image: image.to_owned(),
         };
-        self.json(self.post(&format!("/apps/{app}/deploy"), &body)).await
+        self.json(self.post(&format!("/apps/{app}/deploy"), &body))
+            .await
     }
 
     /// Streams the app's log (or its last build's log with `build`) to `out`, following it
@@ -198,10 +232,14 @@ impl Client {
         let kind = if build { "build" } else { "app" };
         let url = self.url(&format!("/apps/{app}/logs?kind={kind}&follow={follow}"));
         let mut resp = self.send(self.http.get(url)).await?;
-        while let Some(chunk) = resp.chunk().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?
+        {
             if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
                 break;
             }
@@ -213,7 +251,9 @@ impl Client {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
