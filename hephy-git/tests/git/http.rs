@@ -30,10 +30,7 @@ fn auth(server: &TestServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_or_missing_credentials_are_refused() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("secret")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("secret").await?;
     commit_file(&repo, "index.html", b"x\n", "x").await?;
 
     let wrong = format!("http://alice:{}@{}/secret.git", "0".repeat(64), server.addr);
@@ -144,10 +141,7 @@ async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_and_chunked_request_bodies() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("raw")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("raw").await?;
     let c1 = commit_file(&repo, "a", b"a\n", "a").await?;
     git_ok(
         &repo,

@@ -198,13 +198,22 @@ fn git_command(dir: &Path, args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Self {
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+async fn run(mut cmd: tokio::process::Command) -> Result<Run> {
+    Ok(cmd.output().await?.into())
+}
+
 async fn git(dir: &Path, args: &[&str]) -> Result<Run> {
-    let out = git_command(dir, args).output().await?;
-    Ok(Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    run(git_command(dir, args)).await
 }
 
 /// Runs git and fails the test with its output when it fails.
@@ -214,6 +223,70 @@ async fn git_ok(dir: &Path, args: &[&str]) -> Result<String> {
         return Err(format!("git {} failed:\n{}\n{}", args.join(" "), r.stdout, r.stderr).into());
     }
     Ok(r.stdout)
+}
+
+/// The commit `HEAD` of `repo` points to.
+async fn head(repo: &Path) -> Result<String> {
+    Ok(git_ok(repo, &["rev-parse", "HEAD"])
+        .await?
+        .trim()
+        .to_owned())
+}
+
+/// A started server with the app `name`, and an empty client repository on branch main in the
+/// temporary directory returned with it.
+async fn server_with_app(name: &str) -> Result<(TestServer, AppName, TempDir, PathBuf)> {
+    let server = TestServer::start().await?;
+    let app = server.app(name)?;
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    Ok((server, app, work, repo))
+}
+
+/// `len` bytes of incompressible data from the xorshift state `x` (so no extra dependency).
+fn noise(x: &mut u64, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
+/// Waits until `flag` is set; fails with `what` once `within` has passed since `since`.
+async fn wait_for(flag: &AtomicBool, since: tokio::time::Instant, within: Duration, what: &str) {
+    while !flag.load(Ordering::SeqCst) {
+        assert!(since.elapsed() < within, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills the process group of `child` (git and its helpers) like a closed terminal, and reaps it.
+async fn kill_group(child: &mut tokio::process::Child) -> Result {
+    let pgid = child.id().ok_or("the push has no pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()?;
+    assert!(killed.success(), "kill failed");
+    let _ = child.wait().await?;
+    Ok(())
+}
+
+/// Runs the push that `push` makes until it succeeds, for up to 30 s after `since` (a lock may
+/// take a moment to be freed); whether it did.
+async fn push_until_ok(
+    since: tokio::time::Instant,
+    mut push: impl FnMut() -> tokio::process::Command,
+) -> Result<bool> {
+    while since.elapsed() < Duration::from_secs(30) {
+        if run(push()).await?.ok {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
 }
 
 /// A client repository on branch main.
@@ -232,10 +305,7 @@ async fn commit_file(repo: &Path, name: &str, content: &[u8], message: &str) -> 
     std::fs::write(&path, content)?;
     git_ok(repo, &["add", "-A"]).await?;
     git_ok(repo, &["commit", "-q", "-m", message]).await?;
-    Ok(git_ok(repo, &["rev-parse", "HEAD"])
-        .await?
-        .trim()
-        .to_owned())
+    head(repo).await
 }
 
 /// `refs -> commit` of a repository, from the real `git ls-remote` on its path.

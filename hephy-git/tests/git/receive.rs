@@ -58,10 +58,7 @@ fn normalize_word(w: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_fast_forward_force_branch_and_delete() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("hello")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("hello").await?;
     let url = server.url("hello");
 
     // First push: built, published, reported.
@@ -119,10 +116,7 @@ async fn first_fast_forward_force_branch_and_delete() -> Result {
         &["commit", "-q", "-a", "--amend", "-m", "second, rewritten"],
     )
     .await?;
-    let c3 = git_ok(&repo, &["rev-parse", "HEAD"])
-        .await?
-        .trim()
-        .to_owned();
+    let c3 = head(&repo).await?;
     let push = git(&repo, &["push", &url, "main"]).await?;
     assert!(
         !push.ok,
@@ -171,10 +165,7 @@ async fn first_fast_forward_force_branch_and_delete() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thin_pack_is_completed_from_the_repository() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("thin")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("thin").await?;
     let url = server.url("thin");
     let big: String = (0..20_000)
         .map(|i| format!("line {i} of a file that deltas well\n"))
@@ -220,24 +211,14 @@ async fn large_push_and_size_limit() -> Result {
     let work = tempfile::tempdir()?;
     let repo = client_repo(work.path()).await?;
     let url = server.url("large");
-    // 100 MB of incompressible data in 4 files (xorshift, so no extra dependency).
+    // 100 MB of incompressible data in 4 files.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for f in 0..4 {
-        let mut data = vec![0u8; 25 << 20];
-        for chunk in data.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        std::fs::write(repo.join(format!("blob{f}.bin")), &data)?;
+        std::fs::write(repo.join(format!("blob{f}.bin")), noise(&mut x, 25 << 20))?;
     }
     git_ok(&repo, &["add", "-A"]).await?;
     git_ok(&repo, &["commit", "-q", "-m", "100 MB"]).await?;
-    let c1 = git_ok(&repo, &["rev-parse", "HEAD"])
-        .await?
-        .trim()
-        .to_owned();
+    let c1 = head(&repo).await?;
     let push = git(&repo, &["push", &url, "main:refs/heads/big"]).await?;
     assert!(push.ok, "100 MB push failed:\n{}", push.stderr);
     assert_server_repo(&server, &app, &[("refs/heads/big", &c1)]).await?;
@@ -251,13 +232,7 @@ async fn large_push_and_size_limit() -> Result {
     let app = small.app("large")?;
     let other = tempfile::tempdir()?;
     let repo = client_repo(other.path()).await?;
-    let mut data = vec![0u8; 2 << 20];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let data = noise(&mut x, 2 << 20);
     commit_file(&repo, "two-megabytes.bin", &data, "2 MB").await?;
     let push = git(&repo, &["push", &small.url("large"), "main:refs/heads/big"]).await?;
     assert!(!push.ok, "a push over the limit succeeded");
@@ -273,10 +248,7 @@ async fn large_push_and_size_limit() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_build_rejects_the_push_and_keeps_the_ref() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("web")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("web").await?;
     let url = server.url("web");
     let c1 = commit_file(&repo, "index.html", b"ok\n", "good").await?;
     git_ok(&repo, &["push", &url, "main"]).await?;
@@ -315,10 +287,7 @@ async fn failed_build_rejects_the_push_and_keeps_the_ref() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("busy")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("busy").await?;
     let url = server.url("busy");
     commit_file(&repo, "SLOW", b"\n", "slow build").await?;
 
@@ -342,18 +311,13 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
             }
         }
     });
-    let started = tokio::time::Instant::now();
-    while !server
-        .gate
-        .started
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the first push never started building"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &server.gate.started,
+        tokio::time::Instant::now(),
+        Duration::from_secs(60),
+        "the first push never started building",
+    )
+    .await;
 
     // The build is silent now: keepalive lines (every 200 ms in these tests) reach the client.
     let mut seen = vec![];
@@ -394,41 +358,21 @@ async fn concurrent_push_is_refused_and_a_killed_client_cancels_its_build() -> R
     );
 
     // Killing the first client cancels its build and frees the lock.
-    let pgid = first.id().ok_or("the first push has no pid")?;
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status()?;
-    assert!(killed.success(), "kill failed");
-    let _ = first.wait().await?;
+    kill_group(&mut first).await?;
     let killed_at = tokio::time::Instant::now();
-    while !server
-        .gate
-        .cancelled
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "the build went on after its client was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut pushed = None;
-    while killed_at.elapsed() < Duration::from_secs(30) {
-        let r = git(&repo2, &["push", &url, "main"]).await?;
-        if r.ok {
-            pushed = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        &server.gate.cancelled,
+        killed_at,
+        Duration::from_secs(30),
+        "the build went on after its client was killed",
+    )
+    .await;
+    let pushed = push_until_ok(killed_at, || git_command(&repo2, &["push", &url, "main"])).await?;
     assert!(
-        pushed.is_some(),
+        pushed,
         "the lock was not released after the client was killed"
     );
-    let c2 = git_ok(&repo2, &["rev-parse", "HEAD"])
-        .await?
-        .trim()
-        .to_owned();
+    let c2 = head(&repo2).await?;
     assert_server_repo(&server, &app, &[("refs/heads/main", &c2)]).await?;
     Ok(())
 }
@@ -498,10 +442,7 @@ async fn lock_of_a_dead_process_does_not_block() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atomic_push_is_all_or_nothing() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("atomic")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("atomic").await?;
     let url = server.url("atomic");
     let c1 = commit_file(&repo, "a.txt", b"a\n", "a").await?;
     // A branch may only point to a commit: the tree makes one update fail, and --atomic makes

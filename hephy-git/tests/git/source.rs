@@ -8,10 +8,7 @@ use crate::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn materializes_files_modes_and_symlinks() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("src")?;
-    let work = tempfile::tempdir()?;
-    let repo = client_repo(work.path()).await?;
+    let (server, app, _work, repo) = server_with_app("src").await?;
     std::fs::create_dir_all(repo.join("bin/deep"))?;
     std::fs::write(repo.join("bin/run.sh"), "#!/bin/sh\necho hi\n")?;
     std::fs::set_permissions(

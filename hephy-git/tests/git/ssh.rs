@@ -1,7 +1,6 @@
 //! Pushes over SSH with the real OpenSSH client and git.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hephy_git::ssh::SshServer;
@@ -89,15 +88,6 @@ fn git_ssh(
     cmd
 }
 
-async fn run(mut cmd: tokio::process::Command) -> Result<Run> {
-    let out = cmd.output().await?;
-    Ok(Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
 /// `ssh git@127.0.0.1 COMMAND` (a shell when `command` is empty); returns the exit code too.
 async fn ssh(key: &Path, port: u16, command: &[&str]) -> Result<(Option<i32>, Run)> {
     let mut cmd = tokio::process::Command::new("ssh");
@@ -108,14 +98,7 @@ async fn ssh(key: &Path, port: u16, command: &[&str]) -> Result<(Option<i32>, Ru
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??;
-    Ok((
-        out.status.code(),
-        Run {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        },
-    ))
+    Ok((out.status.code(), out.into()))
 }
 
 fn url(port: u16, path: &str) -> String {
@@ -124,14 +107,11 @@ fn url(port: u16, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_over_ssh_builds_and_the_host_key_survives_a_restart() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("hello")?;
-    let work = tempfile::tempdir()?;
+    let (server, app, work, repo) = server_with_app("hello").await?;
     let (key, public) = keygen(work.path(), "alice", "ed25519").await?;
     server.accounts.add_key("alice", &public)?;
     let host_key = server.dir.path().join("ssh_host_ed25519_key");
     let first = start_ssh(&server, &host_key).await?;
-    let repo = client_repo(work.path()).await?;
 
     // The first push builds the app; the build log comes over side-band through SSH.
     let c1 = commit_file(&repo, "index.html", b"<h1>hello</h1>\n", "first").await?;
@@ -215,14 +195,7 @@ async fn push_over_ssh_builds_and_the_host_key_survives_a_restart() -> Result {
     // Many channel windows' worth of incompressible data (a branch that is not built) arrive
     // whole: input is read as the client sends it, with russh's flow control in between.
     git_ok(&repo, &["checkout", "-q", "-b", "assets"]).await?;
-    let mut noise = vec![0u8; 24 << 20];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for chunk in noise.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
+    let noise = noise(&mut 0x9E37_79B9_7F4A_7C15, 24 << 20);
     let c3 = commit_file(&repo, "noise.bin", &noise, "24 MB of noise").await?;
     let push = run(git_ssh(
         &repo,
@@ -244,9 +217,7 @@ async fn push_over_ssh_builds_and_the_host_key_survives_a_restart() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_refuses_unknown_keys_other_commands_and_other_peoples_apps() -> Result {
-    let server = TestServer::start().await?;
-    server.app("hello")?;
-    let work = tempfile::tempdir()?;
+    let (server, _app, work, repo) = server_with_app("hello").await?;
     let (alice_key, alice_public) = keygen(work.path(), "alice", "ed25519").await?;
     server.accounts.add_key("alice", &alice_public)?;
     let (bob_key, bob_public) = keygen(work.path(), "bob", "ecdsa").await?;
@@ -255,7 +226,6 @@ async fn ssh_refuses_unknown_keys_other_commands_and_other_peoples_apps() -> Res
     let (stranger_key, _) = keygen(work.path(), "stranger", "ed25519").await?;
     let ssh_server = start_ssh(&server, &work.path().join("host_key")).await?;
     let port = ssh_server.port;
-    let repo = client_repo(work.path()).await?;
     commit_file(&repo, "index.html", b"hi\n", "first").await?;
     let hello = url(port, "hello.git");
 
@@ -378,14 +348,11 @@ async fn ssh_refuses_unknown_keys_other_commands_and_other_peoples_apps() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ssh_client_cancels_its_build_and_frees_the_lock() -> Result {
-    let server = TestServer::start().await?;
-    let app = server.app("busy")?;
-    let work = tempfile::tempdir()?;
+    let (server, app, work, repo) = server_with_app("busy").await?;
     let (key, public) = keygen(work.path(), "alice", "ed25519").await?;
     server.accounts.add_key("alice", &public)?;
     let ssh_server = start_ssh(&server, &work.path().join("host_key")).await?;
     let port = ssh_server.port;
-    let repo = client_repo(work.path()).await?;
     commit_file(&repo, "SLOW", b"\n", "slow build").await?;
     let busy = url(port, "busy.git");
 
@@ -396,42 +363,31 @@ async fn a_killed_ssh_client_cancels_its_build_and_frees_the_lock() -> Result {
         .stderr(Stdio::null())
         .stdout(Stdio::null());
     let mut first = first.spawn()?;
-    let started = tokio::time::Instant::now();
-    while !server.gate.started.load(Ordering::SeqCst) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the push never started building"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let pgid = first.id().ok_or("the push has no pid")?;
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status()?;
-    assert!(killed.success(), "kill failed");
-    let _ = first.wait().await?;
+    wait_for(
+        &server.gate.started,
+        tokio::time::Instant::now(),
+        Duration::from_secs(60),
+        "the push never started building",
+    )
+    .await;
+    kill_group(&mut first).await?;
 
     let killed_at = tokio::time::Instant::now();
-    while !server.gate.cancelled.load(Ordering::SeqCst) {
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "the build went on after its SSH client was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        &server.gate.cancelled,
+        killed_at,
+        Duration::from_secs(30),
+        "the build went on after its SSH client was killed",
+    )
+    .await;
     git_ok(&repo, &["rm", "-q", "SLOW"]).await?;
     let c2 = commit_file(&repo, "index.html", b"fast\n", "fast build").await?;
-    let mut pushed = None;
-    while killed_at.elapsed() < Duration::from_secs(30) {
-        let r = run(git_ssh(&repo, &["push", &busy, "main"], &key, port, None)).await?;
-        if r.ok {
-            pushed = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pushed = push_until_ok(killed_at, || {
+        git_ssh(&repo, &["push", &busy, "main"], &key, port, None)
+    })
+    .await?;
     assert!(
-        pushed.is_some(),
+        pushed,
         "the lock was not released after the SSH client was killed"
     );
     assert_server_repo(&server, &app, &[("refs/heads/main", &c2)]).await?;
