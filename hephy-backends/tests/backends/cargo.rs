@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use hephy_backends::cargo::{elf_is_dynamic, CargoBackend};
 use hephy_core::{AppConfig, Backend, BuildContext, BuildTarget, Events, Platform};
 
+use crate::support::refusal;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn fixture() -> PathBuf {
@@ -150,18 +152,22 @@ async fn refuses_a_platform_without_its_rust_target() -> TestResult {
     // s390x targets are not installed on build machines; the check must say how to add them.
     let s390x: Platform = "linux/s390x".parse()?;
     *ctx.config_mut() = AppConfig::default();
-    let err = CargoBackend::new()
-        .check(&ctx, &[Platform::host(), s390x])
-        .await
-        .err()
-        .ok_or("a platform without its Rust target should be refused")?;
+    let err = refusal(
+        &CargoBackend::new(),
+        &ctx,
+        &[Platform::host(), s390x],
+        "a platform without its Rust target should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
 
-    let err = CargoBackend::new()
-        .check(&ctx, &["windows/amd64".parse()?])
-        .await
-        .err()
-        .ok_or("a non-Linux platform should be refused")?;
+    let err = refusal(
+        &CargoBackend::new(),
+        &ctx,
+        &["windows/amd64".parse()?],
+        "a non-Linux platform should be refused",
+    )
+    .await?;
     insta::assert_snapshot!("not_linux", err.to_string());
     Ok(())
 }
@@ -181,11 +187,13 @@ async fn needs_a_binary_target() -> TestResult {
     std::fs::create_dir_all(dir.path().join("src/bin"))?;
     std::fs::write(dir.path().join("src/bin/a.rs"), "fn main(){}")?;
     std::fs::write(dir.path().join("src/bin/b.rs"), "fn main(){}")?;
-    let err = CargoBackend::new()
-        .check(&ctx, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("two binaries without [build.cargo] bin should be refused")?;
+    let err = refusal(
+        &CargoBackend::new(),
+        &ctx,
+        &[Platform::host()],
+        "two binaries without [build.cargo] bin should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
     Ok(())
 }
@@ -224,11 +232,13 @@ async fn finds_the_binary_of_a_workspace_member() -> TestResult {
     )?;
     std::fs::write(tools.join("src/main.rs"), "fn main() {}\n")?;
     let ctx = BuildContext::open(p)?;
-    let err = CargoBackend::new()
-        .check(&ctx, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("two binaries in a workspace should need a choice")?;
+    let err = refusal(
+        &CargoBackend::new(),
+        &ctx,
+        &[Platform::host()],
+        "two binaries in a workspace should need a choice",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
     std::fs::write(
         p.join("hephy.toml"),

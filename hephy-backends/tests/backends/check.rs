@@ -7,19 +7,9 @@ use hephy_backends::check::{check_go_cgo, explain};
 use hephy_backends::default_backends;
 use hephy_core::{Backend, BuildContext};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use crate::support::repo;
 
-fn repo(files: &[(&str, &str)]) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    for (path, content) in files {
-        let p = dir.path().join(path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(p, content)?;
-    }
-    Ok(dir)
-}
+type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn host_free(s: String) -> String {
     s.replace(&hephy_core::Platform::host().to_string(), "[HOST]")

@@ -9,26 +9,11 @@ use hephy_backends::image::ImageBuilder;
 use hephy_backends::layout::OciLayout;
 use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
 use hephy_backends::testing::TestRegistry;
-use hephy_core::{Backend, BuildContext, BuildTarget, Events, Platform, PublishRequest, Publisher};
+use hephy_core::{Backend, BuildTarget, Events, Platform, PublishRequest, Publisher};
+
+use crate::support::{collect, ctx, joined, refusal, repo};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// A repository in a temp dir with `files` (path, content).
-fn repo(files: &[(&str, &str)]) -> Result<tempfile::TempDir, Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    for (path, content) in files {
-        let p = dir.path().join(path);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(p, content)?;
-    }
-    Ok(dir)
-}
-
-fn ctx(dir: &Path) -> Result<BuildContext, Box<dyn std::error::Error>> {
-    Ok(BuildContext::open(dir)?)
-}
 
 /// An architecture that is not this machine's.
 fn foreign() -> Platform {
@@ -131,11 +116,13 @@ async fn refuses_ssh_mounts() -> TestResult {
         "Dockerfile",
         "FROM scratch AS build\nCOPY . /src\nRUN --mount=type=ssh \\\n    git clone git@example.com:team/private.git\n",
     )])?;
-    let err = DockerfileBackend::new()
-        .check(&ctx(dir.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("RUN --mount=type=ssh should be refused")?;
+    let err = refusal(
+        &DockerfileBackend::new(),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "RUN --mount=type=ssh should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
     Ok(())
 }
@@ -150,12 +137,13 @@ async fn refuses_heredocs_on_old_buildah() -> TestResult {
         program: PathBuf::from("buildah"),
         version: (1, 28),
     };
-    let err = DockerfileBackend::new()
-        .with_builder(old)
-        .check(&ctx(dir.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("a heredoc should be refused with buildah 1.28")?;
+    let err = refusal(
+        &DockerfileBackend::new().with_builder(old),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "a heredoc should be refused with buildah 1.28",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
 
     // The heredoc body is not read as instructions: a newer buildah accepts the file.
@@ -179,11 +167,13 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
     let no_binfmt = tempfile::tempdir()?;
     let backend = DockerfileBackend::new().with_binfmt_dir(no_binfmt.path());
     let c = ctx(dir.path())?;
-    let err = backend
-        .check(&c, &[Platform::host(), foreign()])
-        .await
-        .err()
-        .ok_or("RUN for a foreign platform without binfmt should be refused")?;
+    let err = refusal(
+        &backend,
+        &c,
+        &[Platform::host(), foreign()],
+        "RUN for a foreign platform without binfmt should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(normalize(&err.to_string()));
     // The host platform alone is fine.
     backend.check(&c, &[Platform::host()]).await?;
@@ -224,11 +214,13 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
         "Dockerfile",
         "FROM scratch AS tools\nRUN [\"/bin/busybox\", \"true\"]\n\nFROM scratch AS app\nCOPY \\\n# the tools stage\n    --from=tools /bin/busybox /bin/busybox\n",
     )])?;
-    let err = backend
-        .check(&ctx(used.path())?, &[foreign()])
-        .await
-        .err()
-        .ok_or("a stage copied from is built, and its RUN counts")?;
+    let err = refusal(
+        &backend,
+        &ctx(used.path())?,
+        &[foreign()],
+        "a stage copied from is built, and its RUN counts",
+    )
+    .await?;
     assert!(
         err.to_string()
             .contains("Dockerfile:2: RUN in stage \"tools\""),
@@ -246,22 +238,26 @@ async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
         ),
         ("hephy.toml", "[build.dockerfile]\ntarget = \"prod\"\n"),
     ])?;
-    let err = DockerfileBackend::new()
-        .check(&ctx(dir.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("an unknown target should be refused")?;
+    let err = refusal(
+        &DockerfileBackend::new(),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "an unknown target should be refused",
+    )
+    .await?;
     insta::assert_snapshot!("unknown_target", err.to_string());
 
     let dir = repo(&[
         ("Dockerfile", "FROM scratch\n"),
         ("hephy.toml", "[build.dockerfile]\ncontext = \"../..\"\n"),
     ])?;
-    let err = DockerfileBackend::new()
-        .check(&ctx(dir.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("a context outside the repository should be refused")?;
+    let err = refusal(
+        &DockerfileBackend::new(),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "a context outside the repository should be refused",
+    )
+    .await?;
     insta::assert_snapshot!("context_outside", err.to_string());
     Ok(())
 }
@@ -311,18 +307,12 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
     let out = tempfile::tempdir()?;
     let backend = DockerfileBackend::new().with_cache_dir(cache_dir());
     let c = ctx(dir.path())?;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = lines.clone();
-    let events = Events::from_fn(move |e| {
-        if let Ok(mut l) = seen.lock() {
-            l.push(e.render());
-        }
-    });
+    let (events, lines) = collect();
     let image = backend
         .build(&c, &BuildTarget::new(Platform::host(), out.path()), &events)
         .await?;
     assert_eq!(image.platform, Some(Platform::host()));
-    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    let log = joined(&lines);
     assert!(
         log.contains("STEP"),
         "buildah's steps should be streamed to events:\n{log}"

@@ -9,6 +9,8 @@ use hephy_core::{AppConfig, Backend, BuildContext, Confidence, Events, Job, Pipe
 
 use crate::layout::tools::umoci_unpack;
 
+use crate::support::{collect, joined};
+
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 #[tokio::test]
@@ -57,13 +59,7 @@ async fn files_image_unpacks_with_the_right_modes() -> Result {
     assert!(!report.published.is_index);
 
     // Publishing the same build again copies no blob.
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let events = Events::from_fn(move |e| {
-        if let Ok(mut l) = sink.lock() {
-            l.push(e.render());
-        }
-    });
+    let (events, lines) = collect();
     let job = Job::context(
         "site".parse()?,
         BuildContext::open(&app)?,
@@ -71,7 +67,7 @@ async fn files_image_unpacks_with_the_right_modes() -> Result {
     );
     let again = pipeline.run(job.with_tag("v1"), &events).await?;
     assert_eq!(again.published.digest, report.published.digest);
-    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    let log = joined(&lines);
     assert!(log.contains("0 blobs copied"), "{log}");
 
     let layout = OciLayout::open(tmp.path().join("images/hephy.local/site"))?;

@@ -1,7 +1,7 @@
 //! The Go backend with the real `go`, `umoci`, `runc` and `qemu-aarch64-static`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hephy_backends::layout::OciLayout;
@@ -12,6 +12,8 @@ use hephy_core::{
 };
 
 use crate::layout::tools::{free_port, http_get, umoci_unpack};
+
+use crate::support::{collect, joined, refusal};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -42,17 +44,6 @@ data = "static"
     Ok(BuildContext::new(dir, config)
         .with_revision(Revision::new("0123456789abcdef0123456789abcdef01234567"))
         .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000)))
-}
-
-fn collect() -> (Events, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let events = Events::from_fn(move |e| {
-        if let Ok(mut v) = l.lock() {
-            v.push(e.render());
-        }
-    });
-    (events, lines)
 }
 
 #[tokio::test]
@@ -86,7 +77,7 @@ async fn multi_arch_image_runs_under_qemu_and_runc_and_is_reproducible() -> Resu
     assert!(published.is_index, "two platforms make an index");
     assert_eq!(published.platforms.len(), 2);
     assert_eq!(published.reference.registry(), "hephy.local");
-    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    let log = joined(&lines);
     assert!(
         log.contains("[linux/arm64] go build -trimpath"),
         "per-platform build log:\n{log}"
@@ -241,7 +232,7 @@ async fn compile_error_fails_with_the_compiler_lines() -> Result {
         message.contains("main.go:4:2: undefined: undefinedThing"),
         "{message}"
     );
-    let log = lines.lock().map(|l| l.join("\n")).unwrap_or_default();
+    let log = joined(&lines);
     assert!(
         log.contains("[linux/amd64] ./main.go:4:2: undefined: undefinedThing"),
         "{log}"
@@ -268,11 +259,13 @@ async fn missing_go_names_what_to_install() -> Result {
     );
     // A name on PATH that does not exist gives the same hint, from the check before any build.
     let ctx = context(&fixture(), "toolchain = \"no-such-go-binary\"")?;
-    let err = backend()
-        .check(&ctx, &[Platform::linux_amd64()])
-        .await
-        .err()
-        .ok_or("the check passed without go")?;
+    let err = refusal(
+        &backend(),
+        &ctx,
+        &[Platform::linux_amd64()],
+        "the check passed without go",
+    )
+    .await?;
     assert!(
         err.to_string().contains("apt-get install golang-go"),
         "{err}"

@@ -9,3 +9,4 @@ mod layer;
 mod layout;
 mod registry;
 mod spin;
+mod support;

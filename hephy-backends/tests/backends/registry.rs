@@ -2,7 +2,7 @@
 //! umoci and qemu.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hephy_backends::layout::OciLayout;
@@ -18,23 +18,9 @@ use hephy_core::{
 };
 
 use crate::layout::tools::{free_port, http_get, umoci_unpack};
+use crate::support::{collect, joined};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
-
-fn collect() -> (Events, Arc<Mutex<Vec<String>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    let events = Events::from_fn(move |e| {
-        if let Ok(mut v) = l.lock() {
-            v.push(e.render());
-        }
-    });
-    (events, lines)
-}
-
-fn joined(lines: &Arc<Mutex<Vec<String>>>) -> String {
-    lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-}
 
 /// Plain HTTP to the test registry, quick retries.
 fn options(registry: &TestRegistry) -> RegistryOptions {

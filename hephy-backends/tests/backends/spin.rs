@@ -17,6 +17,8 @@ use hephy_core::{
 };
 use serde_json::Value;
 
+use crate::support::refusal;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A valid core Wasm module exporting an empty `_start`, written by hand (no toolchain needed):
@@ -145,11 +147,13 @@ async fn packages_like_spin_registry_push() -> TestResult {
     let d = backend.detect(&c).await;
     assert_eq!(d.reason, "found spin.toml (Spin app hello-spin)");
     backend.check(&c, &[Platform::linux_arm64()]).await?;
-    let err = backend
-        .check(&c, &[Platform::linux_amd64(), Platform::linux_arm64()])
-        .await
-        .err()
-        .ok_or("several platforms for one Wasm artifact should be refused")?;
+    let err = refusal(
+        &backend,
+        &c,
+        &[Platform::linux_amd64(), Platform::linux_arm64()],
+        "several platforms for one Wasm artifact should be refused",
+    )
+    .await?;
     insta::assert_snapshot!("several_platforms", err.to_string());
     let image = backend
         .build(
@@ -310,12 +314,13 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
         two.path().join("hephy.toml"),
         "[build.spin]\nformat = \"wasm\"\n",
     )?;
-    let err = SpinBackend::new()
-        .without_spin()
-        .check(&ctx(two.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("format = wasm with two components should be refused")?;
+    let err = refusal(
+        &SpinBackend::new().without_spin(),
+        &ctx(two.path())?,
+        &[Platform::host()],
+        "format = wasm with two components should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
     Ok(())
 }
@@ -323,12 +328,13 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
 #[tokio::test]
 async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
     let dir = spin_repo(false)?;
-    let err = SpinBackend::new()
-        .without_spin()
-        .check(&ctx(dir.path())?, &[Platform::host()])
-        .await
-        .err()
-        .ok_or("a missing .wasm should be refused")?;
+    let err = refusal(
+        &SpinBackend::new().without_spin(),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "a missing .wasm should be refused",
+    )
+    .await?;
     insta::assert_snapshot!(err.to_string());
 
     // Not Wasm at all.
