@@ -32,7 +32,7 @@ pub struct BuildArgs {
     /// The OCI layout directory to publish into when no registry is given.
     #[arg(long, default_value = ".hephy/images")]
     pub layout: PathBuf,
-    /// The tag (default: git-<short commit>, as the server tags pushes).
+    /// The tag (default: `git-<short commit>`, as the server tags pushes).
     #[arg(long)]
     pub tag: Option<String>,
     /// Write the published, digest-pinned reference to this file (for `hephy deploy --image`).

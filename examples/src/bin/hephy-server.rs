@@ -60,7 +60,7 @@ struct Args {
     /// The branch whose pushes build and deploy.
     #[arg(long, env = "HEPHY_DEPLOY_BRANCH", default_value = "main")]
     deploy_branch: String,
-    /// The longest a build of one platform may take (hephy.toml's [build] timeout overrides it).
+    /// The longest a build of one platform may take (`[build] timeout` in hephy.toml overrides it).
     #[arg(long, env = "HEPHY_BUILD_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     build_timeout: Duration,
     /// The largest push accepted, in bytes.
