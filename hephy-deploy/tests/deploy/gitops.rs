@@ -1,34 +1,20 @@
 //! The Flux GitOps deployer against a real bare repository, checked with the real `git`
 //! client and rendered offline with `kubectl kustomize`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hephy_core::{ConfigVars, Deployer, Events, ReleaseCause, ReleaseVersion};
 use hephy_deploy::gitops::FluxDeployer;
 
-use crate::manifests::{image, new_release, Result};
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::manifests::{image, new_release, pinned, Result};
+use crate::support::run;
 
 fn git(repo: &Path, args: &[&str]) -> Result<String> {
     run(Command::new("git").arg("--git-dir").arg(repo).args(args))
 }
 
-fn bare_repo(dir: &Path) -> Result<std::path::PathBuf> {
+fn bare_repo(dir: &Path) -> Result<PathBuf> {
     let repo = dir.join("gitops.git");
     run(Command::new("git")
         .args(["init", "--quiet", "--bare", "--initial-branch=main"])
@@ -53,11 +39,26 @@ fn kustomize(dir: &Path) -> Result<String> {
     run(Command::new("kubectl").arg("kustomize").arg(dir))
 }
 
-#[tokio::test]
-async fn releases_are_commits_and_rollback_restores_the_digest() -> Result {
+/// A bare repository in a temp dir and a deployer pushing to it with its cache in `work`.
+fn flux_setup() -> Result<(tempfile::TempDir, PathBuf, FluxDeployer)> {
     let tmp = tempfile::tempdir()?;
     let repo = bare_repo(tmp.path())?;
     let flux = deployer(&repo, &tmp.path().join("work"))?;
+    Ok((tmp, repo, flux))
+}
+
+/// Clones `repo` into `checkout`.
+fn clone(repo: &Path, checkout: &Path) -> Result {
+    run(Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(repo)
+        .arg(checkout))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn releases_are_commits_and_rollback_restores_the_digest() -> Result {
+    let (tmp, repo, flux) = flux_setup()?;
     let events = Events::discard();
 
     let r1 = flux.deploy(plain("hello", 1)?, &events).await?;
@@ -69,12 +70,6 @@ async fn releases_are_commits_and_rollback_restores_the_digest() -> Result {
     assert_eq!(r3.version.number(), 3);
     assert_eq!(r3.image, image(1)?);
 
-    let pinned = |n: u8| {
-        format!(
-            "registry.example.com:5000/team/hello@sha256:{}",
-            format!("{n:02x}").repeat(32)
-        )
-    };
     let subjects = git(&repo, &["log", "--format=%s", "main"])?;
     assert_eq!(
         subjects.lines().collect::<Vec<_>>(),
@@ -119,10 +114,7 @@ async fn releases_are_commits_and_rollback_restores_the_digest() -> Result {
 
     // kubectl renders the tree offline.
     let checkout = tmp.path().join("checkout");
-    run(Command::new("git")
-        .args(["clone", "--quiet"])
-        .arg(&repo)
-        .arg(&checkout))?;
+    clone(&repo, &checkout)?;
     let apps = kustomize(&checkout.join("apps"))?;
     assert!(apps.contains("kind: Deployment") && apps.contains(&pinned(1)));
     insta::assert_snapshot!("kustomize_apps", apps);
@@ -156,10 +148,7 @@ async fn several_apps_plain_secrets_and_canary_render_with_kustomize() -> Result
     assert!(!files.contains("apps/hello/service.yaml"), "{files}");
 
     let checkout = tmp.path().join("checkout");
-    run(Command::new("git")
-        .args(["clone", "--quiet"])
-        .arg(&repo)
-        .arg(&checkout))?;
+    clone(&repo, &checkout)?;
     let apps = kustomize(&checkout.join("apps"))?;
     for needle in [
         "kind: Secret",
@@ -181,9 +170,7 @@ async fn several_apps_plain_secrets_and_canary_render_with_kustomize() -> Result
 
 #[tokio::test]
 async fn config_vars_are_refused_without_plain_secrets() -> Result {
-    let tmp = tempfile::tempdir()?;
-    let repo = bare_repo(tmp.path())?;
-    let flux = deployer(&repo, &tmp.path().join("work"))?;
+    let (_tmp, repo, flux) = flux_setup()?;
     let err = flux
         .deploy(new_release("hello", 1, "")?, &Events::discard())
         .await
@@ -199,18 +186,13 @@ async fn config_vars_are_refused_without_plain_secrets() -> Result {
 
 #[tokio::test]
 async fn a_commit_made_elsewhere_is_kept_and_built_upon() -> Result {
-    let tmp = tempfile::tempdir()?;
-    let repo = bare_repo(tmp.path())?;
-    let flux = deployer(&repo, &tmp.path().join("work"))?;
+    let (tmp, repo, flux) = flux_setup()?;
     let events = Events::discard();
     flux.deploy(plain("hello", 1)?, &events).await?;
 
     // Someone adds a file by hand through a clone.
     let checkout = tmp.path().join("checkout");
-    run(Command::new("git")
-        .args(["clone", "--quiet"])
-        .arg(&repo)
-        .arg(&checkout))?;
+    clone(&repo, &checkout)?;
     std::fs::write(checkout.join("README.md"), "GitOps repository\n")?;
     let in_checkout = |args: &[&str]| run(Command::new("git").arg("-C").arg(&checkout).args(args));
     in_checkout(&["add", "README.md"])?;

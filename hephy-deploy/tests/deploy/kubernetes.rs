@@ -16,11 +16,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use hephy_core::{DeployError, Deployer, Events, ReleaseCause, ReleaseVersion};
+use hephy_core::{DeployError, Deployer, Events, Release, ReleaseCause, ReleaseVersion};
 use hephy_deploy::kubernetes::KubernetesDeployer;
 use serde_json::{json, Value};
 
-use crate::manifests::{image, new_release, Result};
+use crate::manifests::{image, new_release, pinned, Result};
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
@@ -45,6 +45,13 @@ struct State {
     pending: bool,
     /// A crash-looping pod of an earlier attempt is still terminating.
     terminating: bool,
+}
+
+impl Recorded {
+    /// Whether this request applies a Deployment.
+    fn applies_deployment(&self) -> bool {
+        self.method == "PATCH" && self.path.contains("/deployments/")
+    }
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -305,6 +312,38 @@ fn transcript(requests: &[Recorded]) -> String {
     out
 }
 
+/// `METHOD path` of each request.
+fn calls(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+/// A fake API server, a deployer on it, and release 1 of hello deployed.
+async fn start_with_v1() -> Result<(FakeApi, KubernetesDeployer, Release)> {
+    let api = start().await?;
+    let deployer = api.deployer()?;
+    let r1 = deployer
+        .deploy(new_release("hello", 1, "")?, &Events::discard())
+        .await?;
+    Ok((api, deployer, r1))
+}
+
+/// Deploys release `n` of hello, which must fail; `expected` says why.
+async fn deploy_fails(
+    deployer: &KubernetesDeployer,
+    n: u8,
+    events: &Events,
+    expected: &'static str,
+) -> Result<DeployError> {
+    Ok(deployer
+        .deploy(new_release("hello", n, "")?, events)
+        .await
+        .err()
+        .ok_or(expected)?)
+}
+
 fn check_apply(r: &Recorded, api_version: &str, kind: &str, name: &str) {
     assert_eq!(r.method, "PATCH", "server-side apply is a PATCH: {r:?}");
     let mut query: Vec<&str> = r.query.split('&').filter(|p| !p.is_empty()).collect();
@@ -334,10 +373,7 @@ async fn deploy_applies_objects_waits_for_rollout_and_records_the_release() -> R
     drop(events);
 
     let reqs = api.requests();
-    let calls: Vec<String> = reqs
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let calls = calls(&reqs);
     let ns = "/api/v1/namespaces/apps";
     assert_eq!(
         calls,
@@ -367,10 +403,7 @@ async fn deploy_applies_objects_waits_for_rollout_and_records_the_release() -> R
     let d = reqs[3].body.as_ref().ok_or("no body")?;
     assert_eq!(
         container_image(d),
-        format!(
-            "registry.example.com:5000/team/hello@sha256:{}",
-            "01".repeat(32)
-        ),
+        pinned(1),
         "the Deployment runs the image by digest"
     );
     assert_eq!(
@@ -398,26 +431,15 @@ async fn deploy_applies_objects_waits_for_rollout_and_records_the_release() -> R
 
 #[tokio::test]
 async fn crash_looping_release_reports_the_pod_and_reapplies_the_previous_one() -> Result {
-    let api = start().await?;
-    let deployer = api.deployer()?;
+    let (api, deployer, r1) = start_with_v1().await?;
     let events = Events::discard();
-    let r1 = deployer
-        .deploy(new_release("hello", 1, "")?, &events)
-        .await?;
 
-    let broken = format!(
-        "registry.example.com:5000/team/hello@sha256:{}",
-        "02".repeat(32)
-    );
+    let broken = pinned(2);
     api.set(|s| {
         s.broken_images.insert(broken.clone());
     });
     api.clear();
-    let err = deployer
-        .deploy(new_release("hello", 2, "")?, &events)
-        .await
-        .err()
-        .ok_or("a crash-looping release must fail")?;
+    let err = deploy_fails(&deployer, 2, &events, "a crash-looping release must fail").await?;
     let DeployError::Unhealthy {
         version,
         reason,
@@ -447,17 +469,12 @@ async fn crash_looping_release_reports_the_pod_and_reapplies_the_previous_one() 
     assert_eq!(log.query, "&container=hello&previous=true&tailLines=20");
     let deployment_applies: Vec<String> = reqs
         .iter()
-        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
+        .filter(|r| r.applies_deployment())
         .filter_map(|r| r.body.as_ref().map(container_image))
         .collect();
     assert_eq!(
         deployment_applies,
-        vec![
-            broken.clone(),
-            container_image(
-                &json!({"spec": {"template": {"spec": {"containers": [{"image": format!("registry.example.com:5000/team/hello@sha256:{}", "01".repeat(32))}]}}}})
-            )
-        ],
+        vec![broken.clone(), pinned(1)],
         "the broken release is applied, then v1 again"
     );
     assert!(
@@ -490,11 +507,13 @@ async fn stuck_rollout_times_out_with_the_waiting_reason() -> Result {
         .poll_interval(Duration::from_millis(20))
         .rollout_timeout(Duration::from_millis(200))
         .build()?;
-    let err = deployer
-        .deploy(new_release("hello", 1, "")?, &Events::discard())
-        .await
-        .err()
-        .ok_or("a stuck rollout must fail")?;
+    let err = deploy_fails(
+        &deployer,
+        1,
+        &Events::discard(),
+        "a stuck rollout must fail",
+    )
+    .await?;
     let text = err.to_string();
     assert!(
         text.contains("did not finish in 200ms")
@@ -507,12 +526,8 @@ async fn stuck_rollout_times_out_with_the_waiting_reason() -> Result {
 
 #[tokio::test]
 async fn rollback_reapplies_an_earlier_image_as_a_new_release() -> Result {
-    let api = start().await?;
-    let deployer = api.deployer()?;
+    let (api, deployer, r1) = start_with_v1().await?;
     let events = Events::discard();
-    let r1 = deployer
-        .deploy(new_release("hello", 1, "")?, &events)
-        .await?;
     deployer
         .deploy(new_release("hello", 2, "")?, &events)
         .await?;
@@ -536,7 +551,7 @@ async fn rollback_reapplies_an_earlier_image_as_a_new_release() -> Result {
     let reqs = api.requests();
     let d = reqs
         .iter()
-        .find(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
+        .find(|r| r.applies_deployment())
         .and_then(|r| r.body.as_ref())
         .ok_or("the rollback applies the Deployment")?;
     assert!(container_image(d).ends_with(&"01".repeat(32)));
@@ -553,12 +568,8 @@ async fn rollback_reapplies_an_earlier_image_as_a_new_release() -> Result {
 
 #[tokio::test]
 async fn a_concurrent_ledger_write_is_a_conflict_not_a_lost_release() -> Result {
-    let api = start().await?;
-    let deployer = api.deployer()?;
+    let (api, deployer, _) = start_with_v1().await?;
     let events = Events::discard();
-    deployer
-        .deploy(new_release("hello", 1, "")?, &events)
-        .await?;
     // Another instance writes the ledger between this one's read and write: bump the stored
     // resourceVersion as soon as the Deployment is applied.
     let state = api.state.clone();
@@ -566,12 +577,7 @@ async fn a_concurrent_ledger_write_is_a_conflict_not_a_lost_release() -> Result 
         loop {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let Ok(mut s) = state.lock() else { return };
-            if s.requests
-                .iter()
-                .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
-                .count()
-                >= 2
-            {
+            if s.requests.iter().filter(|r| r.applies_deployment()).count() >= 2 {
                 if let Some(cm) = s
                     .objects
                     .get_mut("/api/v1/namespaces/apps/configmaps/hephy-hello-releases")
@@ -582,11 +588,13 @@ async fn a_concurrent_ledger_write_is_a_conflict_not_a_lost_release() -> Result 
             }
         }
     });
-    let err = deployer
-        .deploy(new_release("hello", 2, "")?, &events)
-        .await
-        .err()
-        .ok_or("a conflicting ledger write must fail")?;
+    let err = deploy_fails(
+        &deployer,
+        2,
+        &events,
+        "a conflicting ledger write must fail",
+    )
+    .await?;
     bumper.await?;
     assert!(
         err.to_string()
@@ -607,10 +615,7 @@ async fn flagger_strategy_applies_a_canary_and_leaves_promotion_to_flagger() -> 
         )
         .await?;
     let reqs = api.requests();
-    let calls: Vec<String> = reqs
-        .iter()
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
+    let calls = calls(&reqs);
     assert_eq!(
         calls,
         vec![
@@ -629,24 +634,13 @@ async fn flagger_strategy_applies_a_canary_and_leaves_promotion_to_flagger() -> 
 
 #[tokio::test]
 async fn unpullable_image_fails_at_once_without_reading_a_log() -> Result {
-    let api = start().await?;
-    let deployer = api.deployer()?;
+    let (api, deployer, _) = start_with_v1().await?;
     let events = Events::discard();
-    deployer
-        .deploy(new_release("hello", 1, "")?, &events)
-        .await?;
     api.set(|s| {
-        s.unpullable_images.insert(format!(
-            "registry.example.com:5000/team/hello@sha256:{}",
-            "02".repeat(32)
-        ));
+        s.unpullable_images.insert(pinned(2));
     });
     api.clear();
-    let err = deployer
-        .deploy(new_release("hello", 2, "")?, &events)
-        .await
-        .err()
-        .ok_or("an unpullable image must fail")?;
+    let err = deploy_fails(&deployer, 2, &events, "an unpullable image must fail").await?;
     let text = err.to_string();
     assert!(
         text.contains(
@@ -660,9 +654,7 @@ async fn unpullable_image_fails_at_once_without_reading_a_log() -> Result {
         "a container that never started has no log to read"
     );
     assert_eq!(
-        reqs.iter()
-            .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/"))
-            .count(),
+        reqs.iter().filter(|r| r.applies_deployment()).count(),
         2,
         "the failed release, then v1 again"
     );

@@ -22,6 +22,14 @@ pub fn image(n: u8) -> Result<Reference> {
     Ok(format!("registry.example.com:5000/team/hello:v{n}@sha256:{hex}").parse()?)
 }
 
+/// [`image`] `n` as deployed: by digest, without the tag.
+pub fn pinned(n: u8) -> String {
+    format!(
+        "registry.example.com:5000/team/hello@sha256:{}",
+        format!("{n:02x}").repeat(32)
+    )
+}
+
 /// `hephy.toml` of the fixture app, with `extra` appended to `[deploy]`.
 pub fn deploy_config(extra: &str) -> Result<hephy_core::DeployConfig> {
     let toml = format!(

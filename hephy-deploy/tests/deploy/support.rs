@@ -35,7 +35,8 @@ pub struct Fixture {
     pub unhealthy: Reference,
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` and returns its stdout; fails with its output when it fails.
+pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
