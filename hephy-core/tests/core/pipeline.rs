@@ -256,6 +256,21 @@ fn files() -> BTreeMap<&'static str, &'static str> {
     ])
 }
 
+/// A temp dir holding a `go.mod`.
+fn go_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("go.mod"), "module x\n")?;
+    Ok(dir)
+}
+
+/// A pipeline of `backend` and `publisher`.
+fn pipeline_of(backend: FakeBackend, publisher: Arc<RecordingPublisher>) -> Result<Pipeline> {
+    Ok(Pipeline::builder()
+        .backend(Arc::new(backend))
+        .publisher(publisher)
+        .build()?)
+}
+
 #[tokio::test]
 async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     let dir = tempfile::tempdir()?;
@@ -378,14 +393,11 @@ async fn auto_detection_explains_and_fails_clearly() -> Result {
 #[tokio::test]
 async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> Result {
     let publisher = Arc::new(RecordingPublisher::default());
-    let pipeline = Pipeline::builder()
-        .backend(Arc::new(
-            FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
-        ))
-        .publisher(publisher.clone())
-        .build()?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("go.mod"), "module x\n")?;
+    let pipeline = pipeline_of(
+        FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
+        publisher.clone(),
+    )?;
+    let dir = go_dir()?;
     let ctx = BuildContext::new(dir.path(), config(TWO)?);
     let (events, got) = collect();
     let err = match pipeline
@@ -422,14 +434,11 @@ async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> R
 #[tokio::test]
 async fn publish_successful_publishes_what_built_with_a_warning() -> Result {
     let publisher = Arc::new(RecordingPublisher::default());
-    let pipeline = Pipeline::builder()
-        .backend(Arc::new(
-            FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
-        ))
-        .publisher(publisher.clone())
-        .build()?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("go.mod"), "module x\n")?;
+    let pipeline = pipeline_of(
+        FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
+        publisher.clone(),
+    )?;
+    let dir = go_dir()?;
     let cfg = config(&format!("{TWO}platform-failure = \"publish-successful\"\n"))?;
     let ctx = BuildContext::new(dir.path(), cfg);
     let (events, got) = collect();
@@ -456,12 +465,8 @@ async fn dropping_the_run_cancels_every_build() -> Result {
         .on("linux/amd64", Behaviour::Hang)
         .on("linux/arm64", Behaviour::Hang);
     let (started, dropped) = (backend.started.clone(), backend.dropped.clone());
-    let pipeline = Pipeline::builder()
-        .backend(Arc::new(backend))
-        .publisher(Arc::new(RecordingPublisher::default()))
-        .build()?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("go.mod"), "module x\n")?;
+    let pipeline = pipeline_of(backend, Arc::default())?;
+    let dir = go_dir()?;
     let ctx = BuildContext::new(dir.path(), config(TWO)?);
     let (events, got) = collect();
     let job = Job::context("hello".parse()?, ctx, dir.path());
@@ -481,18 +486,14 @@ async fn dropping_the_run_cancels_every_build() -> Result {
 
 #[tokio::test]
 async fn timeouts_stop_a_stage_and_the_whole_run() -> Result {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("go.mod"), "module x\n")?;
+    let dir = go_dir()?;
     let hang = || {
         FakeBackend::new("go", "go.mod", Confidence::High)
             .on(&Platform::host().to_string(), Behaviour::Hang)
     };
 
     // Per-build limit from hephy.toml.
-    let pipeline = Pipeline::builder()
-        .backend(Arc::new(hang()))
-        .publisher(Arc::new(RecordingPublisher::default()))
-        .build()?;
+    let pipeline = pipeline_of(hang(), Arc::default())?;
     let ctx = BuildContext::new(dir.path(), config("[build]\ntimeout = \"100ms\"\n")?);
     let (events, got) = collect();
     let err = pipeline
@@ -548,21 +549,20 @@ async fn deployer_defaults_roll_back_and_change_config_as_new_releases() -> Resu
     let img = |tag: &str| -> Result<Reference> {
         Ok(format!("localhost:5000/hello:{tag}@sha256:{}", "a".repeat(64)).parse()?)
     };
-    let push = |c: &str| ReleaseCause::Push {
-        commit: c.into(),
-        author: String::new(),
+    // A release of image `tag`, pushed as commit `c`.
+    let new = |tag: &str, c: &str| -> Result<NewRelease> {
+        let cause = ReleaseCause::Push {
+            commit: c.into(),
+            author: String::new(),
+        };
+        Ok(NewRelease::new(
+            app.clone(),
+            img(tag)?,
+            DeployConfig::default(),
+            cause,
+        ))
     };
-    let v1 = d
-        .deploy(
-            NewRelease::new(
-                app.clone(),
-                img("one")?,
-                DeployConfig::default(),
-                push("c1"),
-            ),
-            &ev,
-        )
-        .await?;
+    let v1 = d.deploy(new("one", "c1")?, &ev).await?;
     let v2 = d
         .set_config(
             &app,
@@ -573,17 +573,7 @@ async fn deployer_defaults_roll_back_and_change_config_as_new_releases() -> Resu
     assert_eq!(v2.image, v1.image);
     assert_eq!(v2.config.get("GREETING"), Some("hi"));
     assert_eq!(v2.cause.to_string(), "config set GREETING");
-    let v3 = d
-        .deploy(
-            NewRelease::new(
-                app.clone(),
-                img("two")?,
-                DeployConfig::default(),
-                push("c2"),
-            ),
-            &ev,
-        )
-        .await?;
+    let v3 = d.deploy(new("two", "c2")?, &ev).await?;
     assert_eq!(
         v3.config.get("GREETING"),
         Some("hi"),
@@ -616,17 +606,7 @@ async fn deployer_defaults_roll_back_and_change_config_as_new_releases() -> Resu
     );
 
     // A failed deploy records nothing.
-    let bad = d
-        .deploy(
-            NewRelease::new(
-                app.clone(),
-                img("bad")?,
-                DeployConfig::default(),
-                push("c3"),
-            ),
-            &ev,
-        )
-        .await;
+    let bad = d.deploy(new("bad", "c3")?, &ev).await;
     insta::assert_snapshot!(bad
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -669,10 +649,10 @@ fn builder_refuses_incomplete_pipelines() {
 
 #[tokio::test]
 async fn a_push_without_a_source_is_refused() -> Result {
-    let pipeline = Pipeline::builder()
-        .backend(Arc::new(FakeBackend::new("go", "go.mod", Confidence::High)))
-        .publisher(Arc::new(RecordingPublisher::default()))
-        .build()?;
+    let pipeline = pipeline_of(
+        FakeBackend::new("go", "go.mod", Confidence::High),
+        Arc::default(),
+    )?;
     let dir = tempfile::tempdir()?;
     let r = pipeline
         .run(
