@@ -600,14 +600,7 @@ impl Backend for CargoBackend {
             "cargo build --release --target {} --bin {bin}",
             choice.triple
         ));
-        exec::run(cmd, events, exec::TAIL_LINES)
-            .await
-            .map_err(|e| match e {
-                exec::ExecError::Failed { tail, status, .. } => BuildError::Failed {
-                    message: format!("cargo build failed ({status}):\n{}", tail.join("\n")),
-                },
-                other => other.into_build_error(INSTALL_HINT),
-            })?;
+        exec::run_step(cmd, events, "cargo build", INSTALL_HINT).await?;
         let path = target_dir.join(choice.triple).join("release").join(&bin);
         let bytes = tokio::fs::read(&path).await.map_err(|e| {
             BuildError::other(format!("cargo build wrote no {}", path.display()), e)

@@ -65,6 +65,23 @@ impl ExecError {
     }
 }
 
+/// [`run`] for a build step: a failure becomes [`BuildError::Failed`] naming `step` (such as
+/// `go build`) rather than the program's path, with the last lines; a missing program
+/// [`BuildError::ToolMissing`] with `hint`.
+pub(crate) async fn run_step(
+    cmd: Command,
+    events: &Events,
+    step: &str,
+    hint: &str,
+) -> Result<ExecOutput, BuildError> {
+    run(cmd, events, TAIL_LINES).await.map_err(|e| match e {
+        ExecError::Failed { tail, status, .. } => BuildError::Failed {
+            message: format!("{step} failed ({status}):\n{}", tail.join("\n")),
+        },
+        other => other.into_build_error(hint),
+    })
+}
+
 /// What a successful [`run`] printed, its last lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

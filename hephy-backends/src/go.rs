@@ -316,14 +316,7 @@ impl Backend for GoBackend {
         events.log(format!(
             "go build -trimpath -o /app/{name} {main} (GOOS=linux GOARCH={arch})"
         ));
-        exec::run(cmd, events, exec::TAIL_LINES)
-            .await
-            .map_err(|e| match e {
-                exec::ExecError::Failed { tail, status, .. } => BuildError::Failed {
-                    message: format!("go build failed ({status}):\n{}", tail.join("\n")),
-                },
-                other => other.into_build_error(INSTALL_HINT),
-            })?;
+        exec::run_step(cmd, events, "go build", INSTALL_HINT).await?;
 
         let layout = OciLayout::create(&target.out_dir)
             .map_err(|e| BuildError::other("cannot create the image layout", e))?;

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use hephy_core::{BuildContext, BuildError, Digest, Platform};
 use oci_spec::image::{
-    Arch, Config, Descriptor, History, ImageConfiguration, ImageManifest, MediaType, Os,
-    PlatformBuilder, RootFs, ANNOTATION_BASE_IMAGE_DIGEST, ANNOTATION_BASE_IMAGE_NAME,
-    ANNOTATION_CREATED, ANNOTATION_REVISION, ANNOTATION_SOURCE,
+    Arch, Config, Descriptor, History, ImageConfiguration, ImageManifest, MediaType, Os, RootFs,
+    ANNOTATION_BASE_IMAGE_DIGEST, ANNOTATION_BASE_IMAGE_NAME, ANNOTATION_CREATED,
+    ANNOTATION_REVISION, ANNOTATION_SOURCE,
 };
 
 use crate::base::ResolvedBase;
@@ -17,7 +17,7 @@ use crate::layer::{
     normalize, plan_layers, scan_dir, write_layers, Compression, Entry, Layer, LayerError,
     LayerOptions, SplitOptions,
 };
-use crate::layout::{from_oci_digest, LayoutError, OciLayout};
+use crate::layout::{from_oci_digest, to_oci_platform, LayoutError, OciLayout};
 
 /// The error returned by [`ImageBuilder::write`].
 #[derive(Debug, thiserror::Error)]
@@ -406,13 +406,9 @@ impl ImageBuilder {
             .map_err(spec("manifest"))?;
         let manifest: ImageManifest = manifest;
         let mut desc = layout.write_json(MediaType::ImageManifest, &manifest)?;
-        let mut platform = PlatformBuilder::default()
-            .architecture(Arch::from(self.platform.architecture()))
-            .os(Os::from(self.platform.os()));
-        if let Some(v) = self.platform.variant() {
-            platform = platform.variant(v.to_owned());
-        }
-        desc.set_platform(Some(platform.build().map_err(spec("platform"))?));
+        desc.set_platform(Some(
+            to_oci_platform(&self.platform).map_err(spec("platform"))?,
+        ));
         layout.add_manifest(&desc, ref_name)?;
         let digest = from_oci_digest(desc.digest()).map_err(|e| ImageError::Spec {
             what: "manifest digest",

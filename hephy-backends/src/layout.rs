@@ -106,6 +106,19 @@ pub fn to_oci_digest(d: &Digest) -> Result<oci_spec::image::Digest, LayoutError>
     })
 }
 
+/// Converts a hephy platform into an oci-spec one.
+pub(crate) fn to_oci_platform(
+    p: &hephy_core::Platform,
+) -> Result<oci_spec::image::Platform, oci_spec::OciSpecError> {
+    let mut pb = oci_spec::image::PlatformBuilder::default()
+        .architecture(oci_spec::image::Arch::from(p.architecture()))
+        .os(oci_spec::image::Os::from(p.os()));
+    if let Some(v) = p.variant() {
+        pb = pb.variant(v.to_owned());
+    }
+    pb.build()
+}
+
 /// Converts an oci-spec digest into a hephy one.
 pub fn from_oci_digest(d: &oci_spec::image::Digest) -> Result<Digest, hephy_core::DigestError> {
     d.to_string().parse()

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use hephy_core::{
     async_trait, Digest, Events, PublishError, PublishRequest, Published, Publisher, Reference,
 };
-use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os, PlatformBuilder};
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
-use crate::layout::{to_oci_digest, OciLayout};
+use crate::layout::{to_oci_digest, to_oci_platform, OciLayout};
 
 /// The registry name of images published on disk: `hephy.local/<app>:<tag>` lives in the OCI
 /// layout `<root>/hephy.local/<app>`.
@@ -114,15 +114,8 @@ fn publish_blocking(
             to_oci_digest(&image.manifest).map_err(|e| PublishError::other("invalid digest", e))?;
         let mut d = Descriptor::new(media_type, size, digest);
         if let Some(p) = &image.platform {
-            let mut pb = PlatformBuilder::default()
-                .architecture(Arch::from(p.architecture()))
-                .os(Os::from(p.os()));
-            if let Some(v) = p.variant() {
-                pb = pb.variant(v.to_owned());
-            }
             d.set_platform(Some(
-                pb.build()
-                    .map_err(|e| PublishError::other("invalid platform", e))?,
+                to_oci_platform(p).map_err(|e| PublishError::other("invalid platform", e))?,
             ));
             platforms.push(p.clone());
         }

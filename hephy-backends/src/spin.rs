@@ -858,35 +858,15 @@ impl SpinApp {
             "rootfs": {"type": "layers", "diff_ids": []},
         });
         let (config_digest, config_size) = write_json_blob(layout, &config)?;
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(
-            "org.opencontainers.image.created".into(),
-            rfc3339(ctx).into(),
+        let annotations = annotations(
+            ctx,
+            &[
+                ("authors", self.authors.join(", ")),
+                ("title", self.name.clone()),
+                ("description", self.description.clone()),
+                ("version", self.version.clone()),
+            ],
         );
-        if !self.authors.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.authors".into(),
-                self.authors.join(", ").into(),
-            );
-        }
-        if !self.name.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.title".into(),
-                self.name.clone().into(),
-            );
-        }
-        if !self.description.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.description".into(),
-                self.description.clone().into(),
-            );
-        }
-        if !self.version.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.version".into(),
-                self.version.clone().into(),
-            );
-        }
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -921,23 +901,13 @@ impl SpinApp {
             "layerDigests": [digest.to_string()],
         });
         let (config_digest, config_size) = write_json_blob(layout, &config)?;
-        let mut annotations = serde_json::Map::new();
-        annotations.insert(
-            "org.opencontainers.image.created".into(),
-            rfc3339(ctx).into(),
+        let annotations = annotations(
+            ctx,
+            &[
+                ("title", self.name.clone()),
+                ("version", self.version.clone()),
+            ],
         );
-        if !self.name.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.title".into(),
-                self.name.clone().into(),
-            );
-        }
-        if !self.version.is_empty() {
-            annotations.insert(
-                "org.opencontainers.image.version".into(),
-                self.version.clone().into(),
-            );
-        }
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -952,6 +922,25 @@ impl SpinApp {
         });
         write_json_blob(layout, &manifest)
     }
+}
+
+/// Manifest annotations: `org.opencontainers.image.created` from `ctx`, then each of `fields`
+/// (`org.opencontainers.image.` suffix, value) that is not empty.
+fn annotations(ctx: &BuildContext, fields: &[(&str, String)]) -> serde_json::Map<String, Value> {
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        "org.opencontainers.image.created".into(),
+        rfc3339(ctx).into(),
+    );
+    for (key, value) in fields {
+        if !value.is_empty() {
+            annotations.insert(
+                format!("org.opencontainers.image.{key}"),
+                value.clone().into(),
+            );
+        }
+    }
+    annotations
 }
 
 #[async_trait]

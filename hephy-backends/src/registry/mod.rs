@@ -173,6 +173,17 @@ impl Connection {
         }
     }
 
+    /// What to say when nothing answers at `registry`; `insecure_hint` (after a `; `) says how
+    /// to reach a registry that serves plain HTTP, and is left out when it is already reached so.
+    pub(crate) fn unreachable_message(&self, registry: &str, insecure_hint: &str) -> String {
+        let scheme = self.scheme(registry);
+        let plain = if scheme == "https" { insecure_hint } else { "" };
+        format!(
+            "nothing answers at {scheme}://{registry}/v2/: check that the registry is running \
+             and that the host and port are right{plain}"
+        )
+    }
+
     /// Runs `op` until it succeeds, fails for good, or the retries are used up.
     pub(crate) async fn retry<T, F, Fut>(&self, op: F) -> Result<T, OciDistributionError>
     where

@@ -7,14 +7,14 @@ use hephy_core::{BoxError, Digest, Platform, Reference};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::RegistryOperation;
-use oci_spec::image::{Arch, Descriptor, MediaType, Os, PlatformBuilder};
+use oci_spec::image::{Descriptor, MediaType};
 use serde_json::Value;
 
 use super::{
     chain, is_index_media_type, is_transient, is_unauthorized, is_unreachable, oci_reference,
     refusal, status_of, Connection, RegistryOptions, MANIFEST_MEDIA_TYPES,
 };
-use crate::layout::{to_oci_digest, LayoutError, OciLayout};
+use crate::layout::{to_oci_digest, to_oci_platform, LayoutError, OciLayout};
 
 /// The error returned by [`pull_to_layout`].
 #[derive(Debug, thiserror::Error)]
@@ -163,16 +163,10 @@ impl Puller {
             };
         }
         if is_unreachable(&e) {
-            let scheme = self.connection.scheme(&registry);
-            let plain = if scheme == "https" {
-                "; if it serves plain HTTP, list it as an insecure registry (HEPHY_INSECURE_REGISTRIES)"
-            } else {
-                ""
-            };
             return PullError::Unreachable {
-                message: format!(
-                    "nothing answers at {scheme}://{registry}/v2/: check that the registry is running \
-                     and that the host and port are right{plain}"
+                message: self.connection.unreachable_message(
+                    &registry,
+                    "; if it serves plain HTTP, list it as an insecure registry (HEPHY_INSECURE_REGISTRIES)",
                 ),
                 registry,
                 source: Some(Box::new(e)),
@@ -274,13 +268,7 @@ impl Puller {
             to_oci_digest(&top_digest)?,
         );
         if let Some(p) = top_platform {
-            let mut pb = PlatformBuilder::default()
-                .architecture(Arch::from(p.architecture()))
-                .os(Os::from(p.os()));
-            if let Some(v) = p.variant() {
-                pb = pb.variant(v.to_owned());
-            }
-            descriptor.set_platform(pb.build().ok());
+            descriptor.set_platform(to_oci_platform(&p).ok());
         }
         layout.add_manifest(&descriptor, self.reference.tag())?;
         Ok(top_digest)

@@ -14,7 +14,7 @@ use hephy_core::{
 };
 use oci_client::errors::OciDistributionError;
 use oci_client::RegistryOperation;
-use oci_spec::image::{Arch, Descriptor, ImageIndex, MediaType, Os, PlatformBuilder};
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use reqwest::header::HeaderValue;
 use serde_json::Value;
 
@@ -22,7 +22,7 @@ use super::{
     chain, human_bytes, is_index_media_type, is_unauthorized, is_unreachable, refusal, short,
     Connection, RegistryOptions,
 };
-use crate::layout::{canonical_json, to_oci_digest, OciLayout};
+use crate::layout::{canonical_json, to_oci_digest, to_oci_platform, OciLayout};
 
 /// The manifest annotation naming the base image (set by the image builder).
 const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
@@ -258,16 +258,10 @@ impl RegistryPublisher {
             };
         }
         if is_unreachable(&e) {
-            let scheme = self.connection.scheme(&registry);
-            let plain = if scheme == "https" {
-                "; if it serves plain HTTP, list it as an insecure registry"
-            } else {
-                ""
-            };
             return PublishError::Unreachable {
-                message: format!(
-                    "nothing answers at {scheme}://{registry}/v2/: check that the registry is running \
-                     and that the host and port are right{plain}"
+                message: self.connection.unreachable_message(
+                    &registry,
+                    "; if it serves plain HTTP, list it as an insecure registry",
                 ),
                 registry,
                 source: Some(Box::new(e)),
@@ -503,15 +497,8 @@ fn index_entry(m: &ManifestToPush) -> Result<Descriptor, PublishError> {
         digest,
     );
     if let Some(p) = &m.platform {
-        let mut pb = PlatformBuilder::default()
-            .architecture(Arch::from(p.architecture()))
-            .os(Os::from(p.os()));
-        if let Some(v) = p.variant() {
-            pb = pb.variant(v.to_owned());
-        }
         d.set_platform(Some(
-            pb.build()
-                .map_err(|e| PublishError::other("invalid platform", e))?,
+            to_oci_platform(p).map_err(|e| PublishError::other("invalid platform", e))?,
         ));
     }
     Ok(d)
