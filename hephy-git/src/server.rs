@@ -353,8 +353,8 @@ impl GitServer {
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
-        let mode = Mode::FullDuplex { version1: false };
-        receive::session(&self.inner, user, app, input, output, mode).await
+        self.receive_pack_with_protocol(user, app, None, input, output)
+            .await
     }
 
     /// [`GitServer::receive_pack`] for a client that said which protocol it speaks, as the
