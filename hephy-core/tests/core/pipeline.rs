@@ -271,6 +271,16 @@ fn pipeline_of(backend: FakeBackend, publisher: Arc<RecordingPublisher>) -> Resu
         .build()?)
 }
 
+/// A pipeline whose go backend fails for linux/arm64, its publisher, and a go app.
+fn arm64_fails() -> Result<(Pipeline, Arc<RecordingPublisher>, tempfile::TempDir)> {
+    let publisher = Arc::new(RecordingPublisher::default());
+    let pipeline = pipeline_of(
+        FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
+        publisher.clone(),
+    )?;
+    Ok((pipeline, publisher, go_dir()?))
+}
+
 #[tokio::test]
 async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     let dir = tempfile::tempdir()?;
@@ -392,12 +402,7 @@ async fn auto_detection_explains_and_fails_clearly() -> Result {
 
 #[tokio::test]
 async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> Result {
-    let publisher = Arc::new(RecordingPublisher::default());
-    let pipeline = pipeline_of(
-        FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
-        publisher.clone(),
-    )?;
-    let dir = go_dir()?;
+    let (pipeline, publisher, dir) = arm64_fails()?;
     let ctx = BuildContext::new(dir.path(), config(TWO)?);
     let (events, got) = collect();
     let err = match pipeline
@@ -433,12 +438,7 @@ async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> R
 
 #[tokio::test]
 async fn publish_successful_publishes_what_built_with_a_warning() -> Result {
-    let publisher = Arc::new(RecordingPublisher::default());
-    let pipeline = pipeline_of(
-        FakeBackend::new("go", "go.mod", Confidence::High).on("linux/arm64", Behaviour::Fail),
-        publisher.clone(),
-    )?;
-    let dir = go_dir()?;
+    let (pipeline, _, dir) = arm64_fails()?;
     let cfg = config(&format!("{TWO}platform-failure = \"publish-successful\"\n"))?;
     let ctx = BuildContext::new(dir.path(), cfg);
     let (events, got) = collect();
