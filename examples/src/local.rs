@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
-use hephy_core::{AppName, BuildContext, Events, Job, Pipeline, Platform, Publisher, Revision};
+use hephy_core::{
+    AppName, BuildContext, Events, Job, Pipeline, Platform, Publisher, Revision, Source,
+};
+use hephy_git::GitSource;
 
 use crate::cli::Style;
 
@@ -50,10 +52,9 @@ pub struct CheckArgs {
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// The committed tree of `HEAD` in `dir`, written to `dest` exactly as the server's source would
-/// write a pushed commit (so `hephy build` gives the server's digest), and its revision. `None`
-/// when `dir` is not a git checkout.
-pub fn checkout_head(dir: &Path, dest: &Path) -> Result<Option<Revision>> {
+/// The commit `HEAD` of the checkout `dir` names, with its ref; `None` when `dir` is not a git
+/// checkout (or has no commit yet).
+pub fn head(dir: &Path) -> Option<Revision> {
     let git = |args: &[&str]| -> Option<String> {
         let out = std::process::Command::new("git")
             .arg("-C")
@@ -65,35 +66,11 @@ pub fn checkout_head(dir: &Path, dest: &Path) -> Result<Option<Revision>> {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
-    let Some(commit) = git(&["rev-parse", "--verify", "HEAD^{commit}"]) else {
-        return Ok(None);
-    };
-    let archive = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["archive", "--format=tar", &commit])
-        .output()
-        .map_err(|e| format!("cannot run git archive: {e}"))?;
-    if !archive.status.success() {
-        return Err(format!(
-            "git archive failed: {}",
-            String::from_utf8_lossy(&archive.stderr)
-        )
-        .into());
-    }
-    std::fs::create_dir_all(dest)?;
-    tar::Archive::new(archive.stdout.as_slice()).unpack(dest)?;
-    let time = git(&["log", "-1", "--format=%ct", &commit])
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s));
-    let mut rev = Revision::new(commit.clone())
-        .with_ref_name(git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_default())
-        .with_author(git(&["log", "-1", "--format=%an <%ae>", &commit]).unwrap_or_default())
-        .with_message(git(&["log", "-1", "--format=%B", &commit]).unwrap_or_default());
-    if let Some(t) = time {
-        rev = rev.with_time(t);
-    }
-    Ok(Some(rev))
+    let commit = git(&["rev-parse", "--verify", "HEAD^{commit}"])?;
+    Some(
+        Revision::new(commit)
+            .with_ref_name(git(&["symbolic-ref", "-q", "HEAD"]).unwrap_or_default()),
+    )
 }
 
 /// Runs `hephy build`.
@@ -103,9 +80,19 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
         None => crate::cli::resolve_app(None).or_else(|_| crate::cli::app_from_dir())?,
     };
     let work = tempfile::Builder::new().prefix("hephy-build-").tempdir()?;
-    let src = work.path().join("source");
-    let mut ctx = match checkout_head(&args.dir, &src)? {
-        Some(rev) => BuildContext::open(&src)?.with_revision(rev),
+    let s = *style;
+    let events = Events::from_fn(move |e| eprintln!("{}", s.event_line(&e.render())));
+    let mut ctx = match head(&args.dir) {
+        // The committed tree, written by the same source the server uses for a push, so the
+        // build gives the server's digest.
+        Some(rev) => {
+            let src = work.path().join("source");
+            std::fs::create_dir_all(&src)?;
+            let rev = GitSource::repository(&args.dir)
+                .materialize(&app, &rev, &src, &events)
+                .await?;
+            BuildContext::open(&src)?.with_revision(rev)
+        }
         None => {
             eprintln!(
                 "{}",
@@ -135,8 +122,6 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
     if let Some(t) = &args.tag {
         job = job.with_tag(t.clone());
     }
-    let s = *style;
-    let events = Events::from_fn(move |e| eprintln!("{}", s.event_line(&e.render())));
     let report = pipeline.run(job, &events).await?;
     let reference = report.published.reference.to_string();
     println!("{reference}");

@@ -23,14 +23,30 @@ use crate::repo::Repos;
 /// ```
 #[derive(Debug, Clone)]
 pub struct GitSource {
-    repos: Repos,
+    location: Location,
+}
+
+#[derive(Debug, Clone)]
+enum Location {
+    /// One bare repository per app, as the server keeps them.
+    Repos(Repos),
+    /// One repository (bare or a checkout) for every app, as `hephy build` reads a CI checkout.
+    Repository(PathBuf),
 }
 
 impl GitSource {
     /// A source for the repositories under `<data_dir>/repos`.
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
         GitSource {
-            repos: Repos::new(data_dir.as_ref()),
+            location: Location::Repos(Repos::new(data_dir.as_ref())),
+        }
+    }
+
+    /// A source that reads every app from the one repository at `path` (bare, or a checkout's
+    /// directory), so a build of a checkout sees exactly the tree a push would.
+    pub fn repository(path: impl Into<PathBuf>) -> Self {
+        GitSource {
+            location: Location::Repository(path.into()),
         }
     }
 }
@@ -44,10 +60,13 @@ impl Source for GitSource {
         dest: &Path,
         events: &Events,
     ) -> Result<Revision, SourceError> {
-        if !self.repos.exists(app) {
-            return Err(SourceError::UnknownApp { app: app.clone() });
-        }
-        let path = self.repos.path(app);
+        let path = match &self.location {
+            Location::Repos(repos) if !repos.exists(app) => {
+                return Err(SourceError::UnknownApp { app: app.clone() });
+            }
+            Location::Repos(repos) => repos.path(app),
+            Location::Repository(path) => path.clone(),
+        };
         let app = app.clone();
         let revision = revision.clone();
         let dest = dest.to_owned();
