@@ -111,7 +111,7 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
             args.registry_user.as_deref(),
             args.registry_password.as_deref(),
         )?,
-        None => Arc::new(hephy_backends::OciLayoutPublisher::new(&args.layout)),
+        None => Arc::new(hephy_oci::OciLayoutPublisher::new(&args.layout)),
     };
     let mut builder = Pipeline::builder().publisher(publisher);
     for b in hephy_backends::default_backends() {

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 use hephy_core::Publisher;
+use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -1,125 +1,28 @@
-//! How hephy-server wires deployers: the local deployer as the API's app runtime, the Kubernetes
-//! and GitOps deployers, the first admin, and the words printed at start.
+//! How hephy-server wires deployers (local, Kubernetes, GitOps), the first admin, and the words
+//! printed at start.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use hephy_core::{
-    async_trait, AppName, ConfigChange, DeployError, Deployer, Events, NewRelease, Release,
-    ReleaseVersion,
-};
+use hephy_core::{Deployer, Events};
 use hephy_deploy::local::LocalDeployer;
 use hephy_git::auth::Accounts;
 
-use hephy_git::api::{AppRuntime, LineStream};
-
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-/// The local deployer, serving both the pipeline (as a [`Deployer`]) and the API (as an
-/// [`AppRuntime`]).
-#[derive(Debug, Clone)]
-pub struct LocalRuntime(LocalDeployer);
-
-impl LocalRuntime {
-    /// The app's URL, without waiting (for the summary at the end of a push).
-    pub fn url_now(&self, app: &AppName) -> Option<String> {
-        self.0.addr(app).ok().map(|a| {
-            let ip = if a.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                a.ip().to_string()
-            };
-            format!("http://{ip}:{}", a.port())
-        })
-    }
-
-    /// The same runtime as the API sees it.
-    pub fn as_api(self: Arc<Self>) -> Arc<dyn AppRuntime> {
-        self
-    }
-
-    /// Stops the router (running containers are brought back by the next start).
-    pub async fn shutdown(&self) {
-        if let Err(e) = self.0.shutdown().await {
-            eprintln!("hephy-server: shutting down the local deployer: {e}");
-        }
-    }
-}
-
-#[async_trait]
-impl Deployer for LocalRuntime {
-    async fn deploy(
-        &self,
-        release: NewRelease,
-        events: &Events,
-    ) -> std::result::Result<Release, DeployError> {
-        // An app pushed before it was created through the API still gets its router port.
-        if !self.0.ledger().has_app(&release.app) {
-            self.0.create_app(&release.app).await?;
-        }
-        self.0.deploy(release, events).await
-    }
-    async fn releases(&self, app: &AppName) -> std::result::Result<Vec<Release>, DeployError> {
-        self.0.releases(app).await
-    }
-    async fn rollback(
-        &self,
-        app: &AppName,
-        to: ReleaseVersion,
-        events: &Events,
-    ) -> std::result::Result<Release, DeployError> {
-        self.0.rollback(app, to, events).await
-    }
-    async fn set_config(
-        &self,
-        app: &AppName,
-        change: &ConfigChange,
-        events: &Events,
-    ) -> std::result::Result<Release, DeployError> {
-        self.0.set_config(app, change, events).await
-    }
-}
-
-#[async_trait]
-impl AppRuntime for LocalRuntime {
-    async fn create(&self, app: &AppName) -> std::result::Result<(), DeployError> {
-        if self.0.ledger().has_app(app) {
-            return Ok(());
-        }
-        self.0.create_app(app).await
-    }
-    async fn destroy(&self, app: &AppName) -> std::result::Result<(), DeployError> {
-        if !self.0.ledger().has_app(app) {
-            return Ok(());
-        }
-        self.0.destroy_app(app, &Events::discard()).await
-    }
-    async fn url(&self, app: &AppName) -> Option<String> {
-        self.url_now(app)
-    }
-    async fn logs(
-        &self,
-        app: &AppName,
-        follow: bool,
-    ) -> std::result::Result<LineStream, DeployError> {
-        let stream = self.0.logs(app, follow).await?;
-        Ok(Box::pin(futures_util::stream::unfold(
-            stream,
-            |mut s| async move { s.next_line().await.map(|l| (l, s)) },
-        )))
-    }
-}
 
 /// The local deployer over `<data>/deploy`, reading `hephy.local` images from `images` and others
 /// from their registry with `registry`'s options, with every app's current release brought back up.
 pub async fn local_deployer(
     data: &Path,
     images: &Path,
-    registry: Option<hephy_backends::registry::RegistryOptions>,
+    registry: Option<hephy_oci::registry::RegistryOptions>,
     events: &Events,
-) -> Result<Arc<LocalRuntime>> {
-    let mut b = LocalDeployer::builder(data.join("deploy")).layout_root(images);
+) -> Result<Arc<LocalDeployer>> {
+    // An app pushed before it was created through the API still gets its router port.
+    let mut b = LocalDeployer::builder(data.join("deploy"))
+        .layout_root(images)
+        .create_apps_on_deploy(true);
     if let Some(r) = registry {
         b = b.registry(r);
     }
@@ -128,7 +31,7 @@ pub async fn local_deployer(
     for (app, e) in &report.failed {
         eprintln!("hephy-server: could not bring {app} back up: {e}");
     }
-    Ok(Arc::new(LocalRuntime(d)))
+    Ok(Arc::new(d))
 }
 
 /// The Kubernetes deployer for the cluster of the current kubeconfig (or in-cluster config).

@@ -28,13 +28,13 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::base::{BaseImage, APP_UID};
 use crate::check::find_program;
 use crate::dockerfile::default_cache_dir;
 use crate::exec;
-use crate::image::ImageBuilder;
-use crate::layer::Entry;
-use crate::layout::OciLayout;
+use hephy_oci::base::{BaseImage, APP_UID};
+use hephy_oci::image::ImageBuilder;
+use hephy_oci::layer::Entry;
+use hephy_oci::layout::OciLayout;
 
 /// The `[build.cargo]` table of `hephy.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]

@@ -7,7 +7,7 @@
 //! [`BaseImage`]; `"scratch"` for no base at all), `compression` (`"gzip"`, the default, or
 //! `"zstd"`, optionally with `:LEVEL`), and `split` (default true: large trees are
 //! split into several layers so a change re-uploads little, see
-//! [`plan_layers`](crate::layer::plan_layers)). `PORT` is set from `[deploy] port`.
+//! [`plan_layers`](hephy_oci::layer::plan_layers)). `PORT` is set from `[deploy] port`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,11 +18,11 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::base::{BaseImage, APP_UID};
-use crate::image::{ImageBuilder, WrittenImage};
-use crate::layer::{Compression, SplitOptions};
-use crate::layout::OciLayout;
-use crate::registry::RegistryOptions;
+use hephy_oci::base::{BaseImage, APP_UID};
+use hephy_oci::image::{ImageBuilder, WrittenImage};
+use hephy_oci::layer::{Compression, SplitOptions};
+use hephy_oci::layout::OciLayout;
+use hephy_oci::registry::RegistryOptions;
 
 /// The `[build.files]` table of `hephy.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -25,12 +25,12 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::base::{BaseImage, APP_UID};
 use crate::exec;
-use crate::image::ImageBuilder;
-use crate::layer::{Compression, Entry};
-use crate::layout::OciLayout;
-use crate::registry::RegistryOptions;
+use hephy_oci::base::{BaseImage, APP_UID};
+use hephy_oci::image::ImageBuilder;
+use hephy_oci::layer::{Compression, Entry};
+use hephy_oci::layout::OciLayout;
+use hephy_oci::registry::RegistryOptions;
 
 /// Where the `data` directory goes in the image.
 pub const DATA_PATH: &str = "/var/run/hephy/data";
@@ -97,7 +97,7 @@ impl GoBackend {
         if let Some(d) = &self.cache_dir {
             return d.clone();
         }
-        crate::base::cache_dir().join("go-build")
+        hephy_oci::base::cache_dir().join("go-build")
     }
 }
 

@@ -1,15 +1,12 @@
-//! Daemonless image building and publishing for hephy: the [`Backend`]s
-//! that turn a build context into OCI images, and the [`Publisher`](hephy_core::Publisher)s that
-//! put them in registries or OCI layouts on disk.
+//! The build backends of hephy: each turns a build context into an OCI image for one platform.
+//! Go apps are built ko-style ([`GoBackend`]: `go build` per platform, no Dockerfile, no daemon),
+//! directories are shipped as they are ([`FilesBackend`]), Dockerfiles go through buildah
+//! ([`DockerfileBackend`]), Spin apps become Wasm artifacts ([`SpinBackend`]) and Rust crates
+//! static binaries ([`CargoBackend`]). [`check::explain`] says which backend would build a
+//! context, and why the others would not. Every outside tool runs through [`exec`].
 //!
-//! Image assembly is shared by every backend: [`layout::OciLayout`] reads and writes OCI image
-//! layouts, [`layer`] writes deterministic layers (sorted entries, fixed times and owners, tar
-//! compressed and hashed in one streaming pass, several layers in parallel, large trees split so
-//! a one-file change re-uploads one small layer), and [`image::ImageBuilder`] puts a
-//! [`base::BaseImage`] and new layers together into a manifest. The same commit and settings
-//! always give the same digest.
-//!
-//! This crate is not for running images (see `hephy-deploy`) or receiving pushes (`hephy-git`).
+//! Image assembly (layers, manifests, OCI layouts) and publishing live in `hephy-oci`; this
+//! crate is not for running images (`hephy-deploy`) or receiving pushes (`hephy-git`).
 //!
 //! # Example
 //!
@@ -17,7 +14,8 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use hephy_backends::{FilesBackend, OciLayoutPublisher};
+//! use hephy_backends::FilesBackend;
+//! use hephy_oci::OciLayoutPublisher;
 //! use hephy_core::{AppConfig, BuildContext, Events, Job, Pipeline};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,30 +43,19 @@ use std::sync::Arc;
 
 use hephy_core::Backend;
 
-pub mod base;
 pub mod cargo;
 pub mod check;
 pub mod dockerfile;
 pub mod exec;
 pub mod files;
 pub mod go;
-pub mod image;
-pub mod layer;
-pub mod layout;
-pub mod publish_layout;
-pub mod registry;
 pub mod spin;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use cargo::CargoBackend;
 pub use check::{explain, Explanation};
 pub use dockerfile::DockerfileBackend;
 pub use files::FilesBackend;
 pub use go::GoBackend;
-pub use publish_layout::{OciLayoutPublisher, LOCAL_REGISTRY};
-pub use registry::{pull_to_layout, RegistryAuth, RegistryOptions, RegistryPublisher};
 pub use spin::SpinBackend;
 
 /// Every backend of this crate, in auto-detection order: dockerfile, spin, go, cargo, files

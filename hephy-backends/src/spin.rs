@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use crate::check::find_program;
 use crate::dockerfile::safe_join;
 use crate::exec;
-use crate::layout::{to_oci_digest, OciLayout};
+use hephy_oci::layout::{to_oci_digest, OciLayout};
 
 /// Media type of the locked Spin application layer.
 pub const SPIN_APPLICATION_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";

@@ -74,7 +74,7 @@ pub const LEDGER_KEY: &str = "releases.json";
 pub const LEDGER_CONFIG_KEY: &str = "config.json";
 /// The registry name of hephy's local OCI layout store, which no cluster can pull from.
 // Kept here instead of depending on hephy-backends for one string; it is part of the contract
-// between the helpers (`hephy_backends::LOCAL_REGISTRY`).
+// between the helpers (`hephy_oci::LOCAL_REGISTRY`).
 const LOCAL_REGISTRY: &str = "hephy.local";
 
 /// The error returned by [`render`], [`ManifestOptions`] and [`to_yaml`].
@@ -104,7 +104,7 @@ pub enum ManifestError {
         image: String,
     },
     /// The image lives in hephy's local layout store, which a cluster cannot pull from.
-    #[error("image {image} of {app} is in hephy's local image store, which a cluster cannot pull from: publish to a registry the cluster can reach (hephy_backends::registry::RegistryPublisher) and deploy that reference")]
+    #[error("image {image} of {app} is in hephy's local image store, which a cluster cannot pull from: publish to a registry the cluster can reach (hephy_oci::registry::RegistryPublisher) and deploy that reference")]
     LocalImage {
         /// The app.
         app: AppName,

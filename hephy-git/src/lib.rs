@@ -33,9 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod api;
 pub mod auth;
-pub mod ci;
 mod http;
 mod lock;
 mod receive;

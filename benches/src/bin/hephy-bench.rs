@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 use hephy_backends::FilesBackend;
 use hephy_core::{AppConfig, BuildContext, Events, Job, Pipeline, Platform};
+use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use hephy_api::server as api;
 use hephy_core::{Deployer, Events, Pipeline, Publisher};
 use hephy_examples::{publisher, runtime};
-use hephy_git::api;
 use hephy_git::auth::Accounts;
 use hephy_git::{GitServer, GitSource};
 
@@ -146,7 +146,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             args.registry_user.as_deref(),
             args.registry_password.as_deref(),
         )?,
-        None => Arc::new(hephy_backends::OciLayoutPublisher::new(&images)),
+        None => Arc::new(hephy_oci::OciLayoutPublisher::new(&images)),
     };
 
     let mut pipeline = Pipeline::builder()
@@ -171,7 +171,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .deploy_branch(args.deploy_branch.clone())
         .build_timeout(args.build_timeout)
         .max_push_bytes(args.max_push_bytes)
-        .url_hook(move |app, _| url_runtime.as_ref().and_then(|r| r.url_now(app)))
+        .url_hook(move |app, _| url_runtime.as_ref().and_then(|r| r.url(app).ok()))
         .build()?;
 
     let mut state = api::ApiState::new(git.clone(), accounts.clone(), public_url.clone());
@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         state = state.with_deployer(d.clone());
     }
     if let Some(l) = &local {
-        state = state.with_runtime(l.clone().as_api());
+        state = state.with_runtime(l.clone());
     }
     if !args.no_ssh {
         state = state.with_ssh(format!("ssh://git@{}", args.ssh));
@@ -224,7 +224,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         s.abort();
     }
     if let Some(l) = local {
-        l.shutdown().await;
+        // Running containers are brought back by the next start.
+        if let Err(e) = l.shutdown().await {
+            eprintln!("hephy-server: shutting down the local deployer: {e}");
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The CLI without a server: aliases, CI workflows, and errors that say what to do.
 
+use hephy_examples::ci::CiSystem;
 use hephy_examples::cli::{app_from_remote, split_colon_alias};
-use hephy_git::ci::CiSystem;
 
 use crate::support::{hephy, run};
 use crate::Result;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hephy_backends::testing::TestRegistry;
+use hephy_testing::TestRegistry;
 
 use crate::support::{get, git, hephy, run, wait_for, Server};
 use crate::Result;
@@ -180,10 +180,9 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
 
     // The registry holds one index with both platforms.
     let repository = format!("{}/{APP}", registry.addr());
-    let tags = hephy_backends::testing::skopeo_list_tags(&repository, None)?;
+    let tags = hephy_testing::skopeo_list_tags(&repository, None)?;
     assert_eq!(tags.len(), 1, "{tags:?}");
-    let index =
-        hephy_backends::testing::skopeo_inspect_raw(&format!("{repository}:{}", tags[0]), None)?;
+    let index = hephy_testing::skopeo_inspect_raw(&format!("{repository}:{}", tags[0]), None)?;
     let mut archs: Vec<String> = index["manifests"]
         .as_array()
         .ok_or("not an index")?

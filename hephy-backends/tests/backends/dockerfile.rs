@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hephy_backends::dockerfile::{Builder, DockerfileBackend};
-use hephy_backends::image::ImageBuilder;
-use hephy_backends::layout::OciLayout;
-use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
-use hephy_backends::testing::TestRegistry;
 use hephy_core::{Backend, BuildTarget, Events, Platform, PublishRequest, Publisher};
+use hephy_oci::image::ImageBuilder;
+use hephy_oci::layout::OciLayout;
+use hephy_oci::registry::{RegistryOptions, RegistryPublisher};
+use hephy_testing::TestRegistry;
 
 use crate::support::{collect, ctx, joined, refusal, repo};
 
@@ -407,7 +407,7 @@ async fn builds_a_foreign_platform_without_run_steps() -> TestResult {
         )
         .await?;
     assert_eq!(image.platform, Some(foreign()));
-    let layout = hephy_backends::layout::OciLayout::open(&image.layout)?;
+    let layout = hephy_oci::layout::OciLayout::open(&image.layout)?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.blob_path(&image.manifest))?)?;
     let config_digest: hephy_core::Digest = manifest["config"]["digest"]

@@ -3,11 +3,12 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 
-use hephy_backends::layout::OciLayout;
-use hephy_backends::{FilesBackend, OciLayoutPublisher};
+use hephy_backends::FilesBackend;
 use hephy_core::{AppConfig, Backend, BuildContext, Confidence, Events, Job, Pipeline, Platform};
+use hephy_oci::layout::OciLayout;
+use hephy_oci::OciLayoutPublisher;
 
-use crate::layout::tools::umoci_unpack;
+use hephy_testing::umoci_unpack;
 
 use crate::support::{collect, joined};
 
@@ -94,7 +95,7 @@ async fn files_image_unpacks_with_the_right_modes() -> Result {
         "hephy.toml is not shipped"
     );
     assert!(std::fs::read_to_string(root.join("etc/passwd"))?.contains("app:x:65532:65532"));
-    if crate::layout::tools::is_root() {
+    if hephy_testing::is_root() {
         assert_eq!(std::fs::symlink_metadata(root.join("app/serve"))?.uid(), 0);
     }
 
@@ -123,7 +124,7 @@ async fn build_dir_image_is_deterministic() -> Result {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("a.txt"), "a")?;
     let settings = hephy_backends::files::FilesSettings::default()
-        .with_base(hephy_backends::base::BaseImage::Scratch);
+        .with_base(hephy_oci::base::BaseImage::Scratch);
     let p = Platform::linux_amd64();
     let one = hephy_backends::files::build_dir_image(&dir, &settings, &p, &tmp.path().join("one"))
         .await?;
@@ -136,10 +137,10 @@ async fn build_dir_image_is_deterministic() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_image_from_a_registry_and_from_a_layout() -> Result {
-    use hephy_backends::base::BaseImage;
     use hephy_backends::files::FilesSettings;
-    use hephy_backends::image::ImageBuilder;
-    use hephy_backends::layer::Entry;
+    use hephy_oci::base::BaseImage;
+    use hephy_oci::image::ImageBuilder;
+    use hephy_oci::layer::Entry;
 
     let tmp = tempfile::tempdir()?;
     // A base image of our own: the default base plus a marker file, pushed with skopeo.
@@ -157,7 +158,7 @@ async fn base_image_from_a_registry_and_from_a_layout() -> Result {
         )])
         .write(&base_layout, Some("1"))
         .await?;
-    let registry = hephy_backends::testing::TestRegistry::start()?;
+    let registry = hephy_testing::TestRegistry::start()?;
     let out = std::process::Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:1", base_layout.root().display()))
@@ -173,9 +174,8 @@ async fn base_image_from_a_registry_and_from_a_layout() -> Result {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("index.html"), "hi\n")?;
     let ctx = BuildContext::new(&dir, AppConfig::default());
-    let backend = FilesBackend::new().with_registry_options(
-        hephy_backends::RegistryOptions::default().insecure(registry.host()),
-    );
+    let backend = FilesBackend::new()
+        .with_registry_options(hephy_oci::RegistryOptions::default().insecure(registry.host()));
     let reference = format!("{}/team/base:1", registry.host());
     for (name, base) in [
         ("registry", reference.parse::<BaseImage>()?),

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hephy_backends::layout::OciLayout;
-use hephy_backends::{GoBackend, OciLayoutPublisher};
+use hephy_backends::GoBackend;
 use hephy_core::{
     AppConfig, Backend, BuildContext, BuildError, BuildTarget, Confidence, Events, Job, Pipeline,
     Platform, Revision,
 };
+use hephy_oci::layout::OciLayout;
+use hephy_oci::OciLayoutPublisher;
 
-use crate::layout::tools::{free_port, http_get, umoci_unpack};
+use hephy_testing::{free_port, http_get, umoci_unpack};
 
 use crate::support::{collect, joined, refusal};
 

@@ -5,8 +5,6 @@ mod check;
 mod dockerfile;
 mod files;
 mod go;
-mod layer;
-mod layout;
 mod registry;
 mod spin;
 mod support;

@@ -5,20 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hephy_backends::layout::OciLayout;
-use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
-use hephy_backends::testing::{
-    skopeo_inspect, skopeo_inspect_raw, skopeo_inspect_raw_bytes, skopeo_list_tags, TestRegistry,
-    TestingError, TokenAuth,
-};
 use hephy_backends::{FilesBackend, GoBackend};
 use hephy_core::{
     AppConfig, Backend, BuildContext, BuildTarget, BuiltImage, Events, Platform, PublishError,
     PublishRequest, Publisher, Revision,
 };
+use hephy_oci::layout::OciLayout;
+use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
+use hephy_testing::{
+    skopeo_inspect, skopeo_inspect_raw, skopeo_inspect_raw_bytes, skopeo_list_tags, TestRegistry,
+    TestingError, TokenAuth,
+};
 
-use crate::layout::tools::{free_port, http_get, umoci_unpack};
 use crate::support::{collect, joined};
+use hephy_testing::{free_port, http_get, umoci_unpack};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -315,7 +315,7 @@ async fn docker_config_credentials_are_used() -> Result {
             registry.host()
         ),
     )?;
-    let creds = hephy_backends::registry::DockerConfig::from_path(&config)?
+    let creds = hephy_oci::registry::DockerConfig::from_path(&config)?
         .credentials(&registry.host())?
         .ok_or("no credentials read from config.json")?;
     let publisher = publisher(

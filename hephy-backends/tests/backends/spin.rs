@@ -5,16 +5,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hephy_backends::layout::OciLayout;
-use hephy_backends::registry::{RegistryOptions, RegistryPublisher};
 use hephy_backends::spin::{
     SpinBackend, DATA_MEDIA_TYPE, LOCKED_APP_DIGEST_LABEL, SPIN_APPLICATION_MEDIA_TYPE,
     WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, WASM_MEDIA_TYPE,
 };
-use hephy_backends::testing::TestRegistry;
 use hephy_core::{
     Backend, BuildContext, BuildTarget, Digest, Events, Platform, PublishRequest, Publisher,
 };
+use hephy_oci::layout::OciLayout;
+use hephy_oci::registry::{RegistryOptions, RegistryPublisher};
+use hephy_testing::TestRegistry;
 use serde_json::Value;
 
 use crate::support::refusal;
@@ -358,8 +358,9 @@ async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
 async fn a_spin_app_goes_through_the_pipeline() -> TestResult {
     use std::sync::Arc;
 
-    use hephy_backends::{default_backends, OciLayoutPublisher};
+    use hephy_backends::default_backends;
     use hephy_core::{Job, Pipeline};
+    use hephy_oci::OciLayoutPublisher;
 
     let dir = spin_repo(true)?;
     let work = tempfile::tempdir()?;

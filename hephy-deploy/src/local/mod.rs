@@ -12,6 +12,7 @@
 
 mod health;
 pub mod logs;
+mod runtime;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -19,12 +20,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hephy_backends::layout::OciLayout;
-use hephy_backends::RegistryOptions;
 use hephy_core::{
     async_trait, format_elapsed, AppName, ConfigVarError, ConfigVars, DeployError, Deployer,
     Events, NewRelease, Platform, Reference, Release, ReleaseVersion, Stage, Strategy,
 };
+use hephy_oci::layout::OciLayout;
+use hephy_oci::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
 pub use self::logs::LogStream;
@@ -34,7 +35,7 @@ use crate::runc::{runtime_spec, CgroupSupport, Runc, SpecInput};
 use crate::unpack::{self, ResolvedImage};
 
 /// The registry name of images kept in local OCI layouts, as `hephy-backends` publishes them.
-pub use hephy_backends::LOCAL_REGISTRY;
+pub use hephy_oci::LOCAL_REGISTRY;
 
 /// How many log lines an [`DeployError::Unhealthy`] carries.
 const LOG_TAIL: usize = 20;
@@ -53,9 +54,17 @@ pub struct LocalDeployerBuilder {
     platform: Platform,
     registry: RegistryOptions,
     host_routing: Option<SocketAddr>,
+    create_on_deploy: bool,
 }
 
 impl LocalDeployerBuilder {
+    /// Creates an app on its first deploy instead of refusing it as unknown (off by default), as
+    /// a server that takes pushes to apps made before this deployer knew them needs.
+    pub fn create_apps_on_deploy(mut self, yes: bool) -> Self {
+        self.create_on_deploy = yes;
+        self
+    }
+
     /// Also serves every app on one shared address, routed by the HTTP `Host` header:
     /// `APP.localhost` (see [`LocalDeployer::host_url`]). Off by default.
     pub fn host_routing(mut self, addr: SocketAddr) -> Self {
@@ -210,7 +219,7 @@ pub struct RestoreReport {
 /// let release = deployer
 ///     .deploy(NewRelease::new(app.clone(), image, DeployConfig::default(), cause), &Events::discard())
 ///     .await?;
-/// println!("{} of {app} serves {}", release.version, deployer.url(&app).await?);
+/// println!("{} of {app} serves {}", release.version, deployer.url(&app)?);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -301,6 +310,7 @@ impl LocalDeployer {
             platform: Platform::host(),
             registry: RegistryOptions::from_env(),
             host_routing: None,
+            create_on_deploy: false,
         }
     }
 
@@ -334,7 +344,7 @@ impl LocalDeployer {
     }
 
     /// The app's stable address, like `http://127.0.0.1:40123`.
-    pub async fn url(&self, app: &AppName) -> Result<String, DeployError> {
+    pub fn url(&self, app: &AppName) -> Result<String, DeployError> {
         let addr = self.addr(app)?;
         let ip = if addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -841,7 +851,10 @@ impl Deployer for LocalDeployer {
         let events = events.with_stage(Stage::Deploy);
         let app = release.app.clone();
         if !self.inner.ledger.has_app(&app) {
-            return Err(DeployError::UnknownApp { app });
+            if !self.inner.opts.create_on_deploy {
+                return Err(DeployError::UnknownApp { app });
+            }
+            self.create_app(&app).await?;
         }
         validate(&release)?;
         let slot = self.slot(&app).await?;
@@ -873,7 +886,7 @@ impl Deployer for LocalDeployer {
         events.log(format!(
             "{} of {app} is live at {}",
             release.version,
-            self.url(&app).await?
+            self.url(&app)?
         ));
         Ok(release)
     }

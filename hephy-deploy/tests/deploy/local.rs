@@ -47,7 +47,7 @@ async fn deploy_serves_through_the_router() -> Result {
     assert_eq!(body(addr, "/whoami").await?, "uid=65532 gid=65532\n");
     // Read-only root, writable /tmp.
     assert_eq!(body(addr, "/write").await?, "root=false tmp=true\n");
-    assert_eq!(d.url(&app).await?, format!("http://{addr}"));
+    assert_eq!(d.url(&app)?, format!("http://{addr}"));
     assert_eq!(d.releases(&app).await?.len(), 1);
     assert_eq!(d.apps().await?, vec![app.clone()]);
 
@@ -354,7 +354,7 @@ async fn bad_input_gets_clear_errors() -> Result {
         .err()
         .ok_or("releases of an unknown app")?;
     assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
-    assert!(d.url(&ghost).await.is_err());
+    assert!(d.url(&ghost).is_err());
     assert!(d.logs(&ghost, false).await.is_err());
 
     let app = unique_app("errors");
@@ -421,8 +421,8 @@ async fn bad_input_gets_clear_errors() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_registry() -> Result {
-    use hephy_backends::testing::TestRegistry;
-    use hephy_backends::{RegistryAuth, RegistryOptions, RegistryPublisher};
+    use hephy_oci::{RegistryAuth, RegistryOptions, RegistryPublisher};
+    use hephy_testing::TestRegistry;
 
     fixture()?; // warms the Go build cache
     let registry = TestRegistry::start()?;
@@ -566,7 +566,7 @@ async fn child_deployer_process() -> Result {
         .build()?;
     d.create_app(&app).await?;
     d.deploy(release(&app, &image), &Events::discard()).await?;
-    println!("ready {}", d.url(&app).await?);
+    println!("ready {}", d.url(&app)?);
     tokio::time::sleep(Duration::from_secs(120)).await;
     Err("the parent test did not kill this process".into())
 }
@@ -618,7 +618,7 @@ async fn a_killed_deployer_process_is_restored() -> Result {
     let d = deployer(data.path())?;
     let report = d.restore(&Events::discard()).await?;
     assert_eq!(report.reused, vec![app.clone()], "{report:?}");
-    assert_eq!(d.url(&app).await?, url);
+    assert_eq!(d.url(&app)?, url);
     assert_eq!(body(addr, "/").await?, "hello world from one\n");
     assert_eq!(d.releases(&app).await?.len(), 1);
     d.shutdown().await?;

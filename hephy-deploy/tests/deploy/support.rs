@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hephy_backends::{GoBackend, OciLayoutPublisher};
+use hephy_backends::GoBackend;
 use hephy_core::{
     AppConfig, AppName, BuildContext, DeployConfig, Events, Job, NewRelease, Pipeline, Reference,
     ReleaseCause,
 };
+use hephy_oci::OciLayoutPublisher;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hephy_backends::{FilesBackend, OciLayoutPublisher};
+use hephy_backends::FilesBackend;
 use hephy_core::{
     async_trait, AppName, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence,
     Detection, Events, Pipeline,
 };
 use hephy_git::auth::Accounts;
 use hephy_git::GitServer;
+use hephy_oci::OciLayoutPublisher;
 use tempfile::TempDir;
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

@@ -5,10 +5,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hephy_backends::layer::{
+use hephy_oci::layer::{
     plan_layers, scan_dir, write_layer, Compression, LayerError, LayerOptions, SplitOptions,
 };
-use hephy_backends::layout::OciLayout;
+use hephy_oci::layout::OciLayout;
 use sha2::Digest as _;
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;

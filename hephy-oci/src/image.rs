@@ -83,7 +83,7 @@ pub struct WrittenImage {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use hephy_backends::{image::ImageBuilder, layer::Entry, layout::OciLayout};
+/// use hephy_oci::{image::ImageBuilder, layer::Entry, layout::OciLayout};
 /// use hephy_core::Platform;
 /// let dir = std::env::temp_dir().join(format!("hephy-image-doc-{}", std::process::id()));
 /// let layout = OciLayout::create(&dir)?;

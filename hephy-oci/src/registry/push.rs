@@ -39,7 +39,7 @@ const READ_CHUNK: usize = 256 * 1024;
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use hephy_backends::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
+/// use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
 /// # fn main() -> Result<(), hephy_core::PublishError> {
 /// let publisher = RegistryPublisher::builder("registry.example:5000")
 ///     .prefix("apps")

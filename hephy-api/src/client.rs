@@ -4,7 +4,7 @@ use hephy_core::{AppName, ConfigChange, Release, ReleaseVersion};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::*;
+use crate::types::*;
 
 /// The error returned by [`Client`] calls.
 #[derive(Debug, thiserror::Error)]

@@ -128,7 +128,7 @@ pub fn from_oci_digest(d: &oci_spec::image::Digest) -> Result<Digest, hephy_core
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use hephy_backends::layout::OciLayout;
+/// use hephy_oci::layout::OciLayout;
 /// let dir = std::env::temp_dir().join(format!("hephy-layout-doc-{}", std::process::id()));
 /// let layout = OciLayout::create(&dir)?;
 /// let (digest, size) = layout.write_blob(b"hello")?;

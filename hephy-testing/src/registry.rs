@@ -8,7 +8,7 @@
 //! ```
 //!
 //! ```no_run
-//! use hephy_backends::testing::{skopeo_inspect_raw, TestRegistry};
+//! use hephy_testing::{skopeo_inspect_raw, TestRegistry};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = TestRegistry::start()?;
 //! let reference = registry.reference("apps/hello", "v1")?;

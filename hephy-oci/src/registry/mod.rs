@@ -35,7 +35,7 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 /// How to talk to registries: credentials, plain-HTTP registries, retries and parallelism.
 ///
 /// ```
-/// use hephy_backends::registry::{RegistryAuth, RegistryOptions};
+/// use hephy_oci::registry::{RegistryAuth, RegistryOptions};
 /// let options = RegistryOptions::new()
 ///     .auth(RegistryAuth::basic("ci", "secret"))
 ///     .insecure("localhost:5000")

@@ -1,11 +1,8 @@
 //! The control API the `hephy` CLI talks to: apps, keys, config, releases, rollback, logs.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::auth::{Accounts, User};
-use crate::GitServer;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -13,31 +10,16 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures_util::Stream;
 use hephy_core::{
-    async_trait, AppName, ConfigChange, DeployConfig, DeployError, Deployer, Events, NewRelease,
-    Reference, ReleaseCause, ReleaseVersion,
+    AppName, ConfigChange, DeployConfig, DeployError, Deployer, Events, NewRelease, Reference,
+    ReleaseCause, ReleaseVersion,
 };
+use hephy_git::auth::{Accounts, User};
+use hephy_git::GitServer;
 use serde::Deserialize;
 
-use super::types::*;
-
-/// A stream of log lines.
-pub type LineStream = Pin<Box<dyn Stream<Item = String> + Send>>;
-
-/// What the API needs from where apps run, beyond the [`Deployer`] trait: their lifecycle, their
-/// address and their logs.
-#[async_trait]
-pub trait AppRuntime: Send + Sync {
-    /// Prepares a new app.
-    async fn create(&self, app: &AppName) -> Result<(), DeployError>;
-    /// Stops the app and forgets its releases.
-    async fn destroy(&self, app: &AppName) -> Result<(), DeployError>;
-    /// Where the app answers, if it runs.
-    async fn url(&self, app: &AppName) -> Option<String>;
-    /// The app's log, followed when `follow`.
-    async fn logs(&self, app: &AppName, follow: bool) -> Result<LineStream, DeployError>;
-}
+use crate::runtime::{AppRuntime, LineStream};
+use crate::types::*;
 
 /// Everything the API serves from.
 #[derive(Clone)]

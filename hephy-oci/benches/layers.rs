@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hephy_backends::layer::{
+use hephy_oci::layer::{
     plan_layers, scan_dir, write_layer, write_layers, Compression, LayerOptions, SplitOptions,
 };
-use hephy_backends::layout::OciLayout;
+use hephy_oci::layout::OciLayout;
 
 /// 32 MiB in 256 files of 128 KiB: half compressible text, half pseudo-random bytes.
 fn generate(root: &Path) -> std::io::Result<u64> {

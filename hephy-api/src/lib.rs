@@ -1,0 +1,36 @@
+//! The control API of a hephy server, beside git: apps, keys, config vars, releases, rollback,
+//! image deploys and logs, as JSON over HTTP with the same tokens as git pushes.
+//!
+//! - [`types`]: the JSON bodies, shared by both sides.
+//! - [`Client`] (feature `client`, on by default): calls the API, as the `hephy` CLI does.
+//! - [`server::router`] (feature `server`): serves it from a `hephy_git::GitServer` and its
+//!   accounts; merge it with the git routes.
+//! - [`AppRuntime`]: what the server needs from where apps run (lifecycle, URL, logs), beyond
+//!   [`Deployer`](hephy_core::Deployer). `hephy-deploy`'s local deployer implements it.
+//!
+//! This crate is not for receiving pushes (`hephy-git`) or running apps (`hephy-deploy`).
+//!
+//! # Example
+//!
+//! ```
+//! use hephy_api::types::WhoAmI;
+//!
+//! let me: WhoAmI = serde_json::from_str(r#"{"user":"alice","admin":false}"#)?;
+//! assert_eq!(me.user, "alice");
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+#[cfg(feature = "client")]
+mod client;
+mod runtime;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod types;
+
+#[cfg(feature = "client")]
+pub use client::{Client, ClientError};
+pub use runtime::{AppRuntime, LineStream};
+#[cfg(feature = "server")]
+pub use server::{router, ApiError, ApiState, Authed};
+pub use types::*;
