@@ -8,8 +8,8 @@
 //! pusher's terminal.
 //!
 //! This crate is for the traits, the value types they exchange and the pipeline. It is not for
-//! talking to git, registries or clusters: `hephy-git`, `hephy-backends` and `hephy-deploy`
-//! implement the traits, and depend on this crate, never the other way round. Its dependencies
+//! talking to git, registries or clusters: `hephy-git`, `hephy-oci`, `hephy-backends` and
+//! `hephy-deploy` implement the traits, and depend on this crate, never the other way round. Its dependencies
 //! are few and stable (serde, thiserror, async-trait, toml, humantime, and tokio's `sync` and
 //! `time`), and its API changes only deliberately (see `STABILITY.md`).
 //!

@@ -12,8 +12,9 @@
 //! GitOps repository. Both render the same objects with [`manifests`]. What of them has not
 //! been verified against a live cluster is listed in `KUBERNETES.md`.
 //!
-//! This crate is not for building or publishing images (that is `hephy-backends`) nor for
-//! receiving pushes (`hephy-git`).
+//! Images are read with `hephy-oci` (OCI layouts, registry pulls). This crate is not for
+//! building or publishing images (`hephy-backends`, `hephy-oci`) nor for receiving pushes
+//! (`hephy-git`). The local deployer is also the control API's `hephy_api::AppRuntime`.
 //!
 //! # Example
 //!
