@@ -49,6 +49,7 @@ pub mod dockerfile;
 pub mod exec;
 pub mod files;
 pub mod go;
+pub mod sandbox;
 pub mod spin;
 
 pub use cargo::CargoBackend;

@@ -6,5 +6,6 @@ mod dockerfile;
 mod files;
 mod go;
 mod registry;
+mod sandbox;
 mod spin;
 mod support;

@@ -1,0 +1,704 @@
+//! The build sandbox: every build tool a push makes hephy run (go, cargo, and the language tools
+//! to come) runs here, never on the host.
+//!
+//! A build sees only what [`SandboxCommand`] binds into it (the build context copy and its caches
+//! writable; `/usr`, the CA certificates and a toolchain read-only), a private `/tmp`, `/proc`
+//! and `/dev`. It runs as an unprivileged uid with no capabilities and `no_new_privs`, in its own
+//! pid, IPC, UTS and cgroup namespaces, with the environment cleared to what the command names.
+//! Memory, process-count and CPU limits are cgroup limits. With network on, the build gets its
+//! own network namespace connected to the outside by `pasta`, which forwards nothing to the
+//! host's loopback (so the server's API, the registry and every app's port stay out of reach);
+//! with network off it has only a loopback of its own.
+//!
+//! Mechanism: bubblewrap (`bwrap`) started as root sets up the mount namespace (so it can bind
+//! toolchains that live in root's home), then `setpriv` drops to the build uid before the tool
+//! starts. Why bubblewrap and not runc: builds need no image, start in milliseconds, and
+//! bubblewrap is what Flatpak uses for exactly this (hostile code, a few read-only binds).
+//! SECURITY.md gives the whole threat model.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hephy_core::Events;
+use tokio::process::Command;
+
+use crate::exec::{self, ExecError, ExecOutput};
+
+/// The uid and gid builds run as by default: `nobody`, which owns nothing on the host.
+pub const BUILD_UID: u32 = 65534;
+
+/// The environment every sandboxed tool gets, besides what its [`SandboxCommand`] sets.
+const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// What the server's admin allows every build: limits and network. Per-app settings may only
+/// narrow these ([`SandboxCommand::network`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SandboxPolicy {
+    /// The host uid (and gid) builds run as (default [`BUILD_UID`]).
+    pub uid: u32,
+    /// Whether builds may reach other hosts, for dependency downloads (default true). Never the
+    /// host's own loopback.
+    pub network: bool,
+    /// The memory limit of one build, in bytes (default 4 GiB).
+    pub memory_bytes: Option<u64>,
+    /// The process (and thread) limit of one build (default 1,024).
+    pub pids: Option<u64>,
+    /// How many CPUs one build may use (default: all).
+    pub cpus: Option<f64>,
+}
+
+impl Default for SandboxPolicy {
+    fn default() -> Self {
+        SandboxPolicy {
+            uid: BUILD_UID,
+            network: true,
+            memory_bytes: Some(4 << 30),
+            pids: Some(1024),
+            cpus: None,
+        }
+    }
+}
+
+impl SandboxPolicy {
+    /// Sets whether builds may reach other hosts.
+    pub fn with_network(mut self, on: bool) -> Self {
+        self.network = on;
+        self
+    }
+
+    /// Sets the memory limit of one build, in bytes (`None`: no limit).
+    pub fn with_memory(mut self, bytes: Option<u64>) -> Self {
+        self.memory_bytes = bytes;
+        self
+    }
+
+    /// Sets the process limit of one build (`None`: no limit).
+    pub fn with_pids(mut self, pids: Option<u64>) -> Self {
+        self.pids = pids;
+        self
+    }
+
+    /// Sets how many CPUs one build may use (`None`: all).
+    pub fn with_cpus(mut self, cpus: Option<f64>) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Sets the host uid and gid builds run as.
+    pub fn with_uid(mut self, uid: u32) -> Self {
+        self.uid = uid;
+        self
+    }
+}
+
+/// The error returned by [`Sandbox::new`] and [`Sandbox::prepare_dir`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// A program the sandbox needs is not installed.
+    #[error("{program} not found on the server: install {package} (hephy runs every build tool in a bubblewrap sandbox)")]
+    Missing {
+        /// The program.
+        program: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
+    /// The sandbox needs root to set up namespaces, cgroups and networking.
+    #[error("the build sandbox needs hephy-server to run as root (it drops every build to uid {uid}): start it as root")]
+    NotRoot {
+        /// The build uid.
+        uid: u32,
+    },
+    /// Preparing a directory for the build uid failed.
+    #[error("cannot hand {path} to the build user: {source}")]
+    Prepare {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One mount of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bind {
+    host: PathBuf,
+    inside: PathBuf,
+    writable: bool,
+}
+
+/// One tool run: the program (a path inside the sandbox), its arguments, working directory,
+/// environment and the host directories it may see.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SandboxCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+    binds: Vec<Bind>,
+    network: bool,
+}
+
+impl SandboxCommand {
+    /// Runs `program`, a path as the sandbox sees it (`/usr/bin/go`, or under a toolchain bound
+    /// with [`SandboxCommand::bind_ro`]).
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        SandboxCommand {
+            program: program.into(),
+            args: Vec::new(),
+            cwd: PathBuf::from("/tmp"),
+            env: BTreeMap::new(),
+            binds: Vec::new(),
+            network: true,
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The working directory, inside the sandbox.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = dir.into();
+        self
+    }
+
+    /// Sets one environment variable (the environment starts empty but for `PATH`, `HOME` and
+    /// `LANG`).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets environment variables.
+    pub fn envs<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        for (k, v) in vars {
+            self.env.insert(k.into(), v.into());
+        }
+        self
+    }
+
+    /// Shows the host path `host` read-only at `inside`.
+    pub fn bind_ro(mut self, host: impl Into<PathBuf>, inside: impl Into<PathBuf>) -> Self {
+        self.binds.push(Bind {
+            host: host.into(),
+            inside: inside.into(),
+            writable: false,
+        });
+        self
+    }
+
+    /// Shows the host directory `host` writable at `inside`; hand it to the build uid first
+    /// with [`Sandbox::prepare_dir`].
+    pub fn bind_rw(mut self, host: impl Into<PathBuf>, inside: impl Into<PathBuf>) -> Self {
+        self.binds.push(Bind {
+            host: host.into(),
+            inside: inside.into(),
+            writable: true,
+        });
+        self
+    }
+
+    /// Whether this run wants the network (default yes); it gets it only if the policy allows.
+    pub fn network(mut self, on: bool) -> Self {
+        self.network = on;
+        self
+    }
+
+    /// The program's file name, for messages.
+    fn name(&self) -> String {
+        self.program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.program.display().to_string())
+    }
+}
+
+/// Runs build tools confined; see the [module docs](self). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    policy: SandboxPolicy,
+    bwrap: PathBuf,
+    setpriv: PathBuf,
+    nsenter: PathBuf,
+    pasta: PathBuf,
+    ip: PathBuf,
+    scratch: PathBuf,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Sandbox {
+    /// A sandbox applying `policy`; its per-build files (passwd, resolv.conf) go under
+    /// `scratch`. Fails when a program it needs is missing or the server is not root.
+    pub fn new(policy: SandboxPolicy, scratch: impl Into<PathBuf>) -> Result<Self, SandboxError> {
+        let find = |program: &'static str, package: &'static str| {
+            crate::check::find_program(program).ok_or(SandboxError::Missing { program, package })
+        };
+        let sandbox = Sandbox {
+            bwrap: find("bwrap", "bubblewrap")?,
+            setpriv: find("setpriv", "util-linux")?,
+            nsenter: find("nsenter", "util-linux")?,
+            pasta: find("pasta", "passt")?,
+            ip: find("ip", "iproute2")?,
+            scratch: scratch.into(),
+            policy,
+        };
+        if !is_root() {
+            return Err(SandboxError::NotRoot {
+                uid: sandbox.policy.uid,
+            });
+        }
+        Ok(sandbox)
+    }
+
+    /// The policy this sandbox applies.
+    pub fn policy(&self) -> &SandboxPolicy {
+        &self.policy
+    }
+
+    /// Hands `dir` (created if missing) and everything in it to the build uid, so a writable
+    /// bind of it works. Symlinks are changed themselves, never followed.
+    pub fn prepare_dir(&self, dir: &Path) -> Result<(), SandboxError> {
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SandboxError::Prepare { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(err(dir))?;
+        let uid = Some(self.policy.uid);
+        // Iterative: the depth of a pushed tree must not decide the depth of our stack.
+        let mut todo = vec![dir.to_owned()];
+        while let Some(d) = todo.pop() {
+            std::os::unix::fs::lchown(&d, uid, uid).map_err(err(&d))?;
+            for entry in std::fs::read_dir(&d).map_err(err(&d))? {
+                let entry = entry.map_err(err(&d))?;
+                let path = entry.path();
+                if entry.file_type().map_err(err(&path))?.is_dir() {
+                    todo.push(path);
+                } else {
+                    std::os::unix::fs::lchown(&path, uid, uid).map_err(err(&path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` in the sandbox to its end, like [`exec::run`]: every output line goes to
+    /// `events`, the last `tail_lines` are kept for the error, dropping the future kills the
+    /// build and everything it started.
+    pub async fn run(
+        &self,
+        cmd: SandboxCommand,
+        events: &Events,
+        tail_lines: usize,
+    ) -> Result<ExecOutput, ExecError> {
+        let id = format!(
+            "hephy-build-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let io = |source| ExecError::Io {
+            program: cmd.name(),
+            source,
+        };
+        let dir = self.scratch.join(&id);
+        let _dir = Cleanup::Dir(dir.clone());
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let passwd = dir.join("passwd");
+        let uid = self.policy.uid;
+        std::fs::write(
+            &passwd,
+            format!("root:x:0:0:root:/root:/bin/sh\nbuild:x:{uid}:{uid}:build:/tmp:/bin/sh\n"),
+        )
+        .map_err(io)?;
+        let group = dir.join("group");
+        std::fs::write(&group, format!("root:x:0:\nbuild:x:{uid}:\n")).map_err(io)?;
+
+        let cgroup = Cgroup::create(&id, &self.policy);
+        if let Some(problem) = &cgroup.problem {
+            events.warn(format!(
+                "build limits are not enforced ({problem}): memory, process and CPU limits need writable cgroups"
+            ));
+        }
+        let network = self.policy.network && cmd.network;
+        let _net = if network {
+            Some(self.network(&id, &dir).await.map_err(io)?)
+        } else {
+            None
+        };
+
+        let mut c = Command::new("/bin/sh");
+        c.env_clear();
+        // The wrapper puts itself in the build's cgroups, then becomes the sandbox: everything
+        // the build starts is counted and can be killed as one.
+        c.arg("-c")
+            .arg(r#"for f in $HEPHY_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@""#)
+            .arg("sh")
+            .env("HEPHY_CGROUP_PROCS", cgroup.procs_files().join(" "));
+        if network {
+            c.arg(&self.nsenter).arg(format!("--net=/run/netns/{id}"));
+        }
+        c.arg(&self.bwrap);
+        c.args(self.bwrap_args(&cmd, network, &dir, &passwd, &group));
+        c.arg("--").arg(&self.setpriv).args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--no-new-privs".into(),
+            "--".into(),
+        ]);
+        c.arg(&cmd.program).args(&cmd.args);
+        let out = exec::run(c, events, tail_lines).await;
+        cgroup.kill();
+        match out {
+            Err(ExecError::Failed { status, tail, .. }) => Err(ExecError::Failed {
+                program: cmd.name(),
+                status,
+                tail,
+            }),
+            Err(ExecError::NotFound { source, .. }) => Err(ExecError::NotFound {
+                program: cmd.name(),
+                source,
+            }),
+            other => other,
+        }
+    }
+
+    fn bwrap_args(
+        &self,
+        cmd: &SandboxCommand,
+        network: bool,
+        dir: &Path,
+        passwd: &Path,
+        group: &Path,
+    ) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
+            a.extend(items.iter().map(|i| i.as_ref().to_owned()));
+        };
+        push(&[
+            &"--unshare-pid",
+            &"--unshare-ipc",
+            &"--unshare-uts",
+            &"--unshare-cgroup",
+            &"--die-with-parent",
+            &"--new-session",
+            &"--hostname",
+            &"build",
+        ]);
+        if !network {
+            push(&[&"--unshare-net"]);
+        }
+        // Directories bwrap creates itself are 0700 (it runs as root); the build uid must
+        // traverse them.
+        for d in ["/etc", "/opt", "/var", "/run"] {
+            push(&[&"--perms", &"0755", &"--dir", &d]);
+        }
+        push(&[
+            &"--ro-bind",
+            &"/usr",
+            &"/usr",
+            &"--symlink",
+            &"usr/lib",
+            &"/lib",
+            &"--symlink",
+            &"usr/lib64",
+            &"/lib64",
+            &"--symlink",
+            &"usr/bin",
+            &"/bin",
+            &"--symlink",
+            &"usr/sbin",
+            &"/sbin",
+        ]);
+        for etc in ["/etc/ssl", "/etc/ca-certificates", "/etc/alternatives"] {
+            if Path::new(etc).exists() {
+                push(&[&"--ro-bind", &etc, &etc]);
+            }
+        }
+        push(&[
+            &"--ro-bind",
+            &passwd,
+            &"/etc/passwd",
+            &"--ro-bind",
+            &group,
+            &"/etc/group",
+        ]);
+        if network {
+            push(&[&"--ro-bind", &dir.join("resolv.conf"), &"/etc/resolv.conf"]);
+        }
+        push(&[&"--tmpfs", &"/tmp", &"--proc", &"/proc", &"--dev", &"/dev"]);
+        for b in &cmd.binds {
+            for parent in parents_of(&b.inside) {
+                push(&[&"--perms", &"0755", &"--dir", &parent]);
+            }
+            let kind = if b.writable { "--bind" } else { "--ro-bind" };
+            push(&[&kind, &b.host, &b.inside]);
+        }
+        push(&[&"--chdir", &cmd.cwd, &"--clearenv"]);
+        let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+        env.insert("PATH", BASE_PATH);
+        env.insert("HOME", "/tmp");
+        env.insert("LANG", "C.UTF-8");
+        for (k, v) in &cmd.env {
+            env.insert(k, v);
+        }
+        for (k, v) in env {
+            push(&[&"--setenv", &k, &v]);
+        }
+        a
+    }
+
+    /// A network namespace for build `id`, connected to the outside by pasta with nothing
+    /// forwarded to the host: no port forwards either way, and no mapping of the gateway to
+    /// the host's loopback.
+    async fn network(&self, id: &str, dir: &Path) -> std::io::Result<Cleanup> {
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv: String = resolv
+            .lines()
+            .filter(|l| l.starts_with("nameserver") || l.starts_with("search"))
+            .filter(|l| !l.contains("127.") && !l.contains("::1"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        let status = Command::new(&self.ip)
+            .args(["netns", "add", id])
+            .env_clear()
+            .status()
+            .await?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "ip netns add {id} failed ({status})"
+            )));
+        }
+        let guard = Cleanup::Netns {
+            ip: self.ip.clone(),
+            id: id.to_owned(),
+            pasta_pid: dir.join("pasta.pid"),
+        };
+        let out = Command::new(&self.pasta)
+            .args(["--runas", "0:0", "--config-net", "-4", "--no-map-gw", "-q"])
+            .args(["-t", "none", "-T", "none", "-U", "none"])
+            .arg("-P")
+            .arg(dir.join("pasta.pid"))
+            .arg("--netns")
+            .arg(format!("/run/netns/{id}"))
+            .env_clear()
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "pasta could not connect the build's network ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(guard)
+    }
+}
+
+/// `/a/b/c` → `/a`, `/a/b` (the directories bwrap must create before binding `/a/b/c`).
+fn parents_of(path: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = path
+        .ancestors()
+        .skip(1)
+        .filter(|p| p.parent().is_some())
+        .map(Path::to_owned)
+        .collect();
+    out.reverse();
+    out
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// What is undone when a build ends, however it ends.
+enum Cleanup {
+    Dir(PathBuf),
+    Netns {
+        ip: PathBuf,
+        id: String,
+        pasta_pid: PathBuf,
+    },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::Dir(d) => {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Cleanup::Netns { ip, id, pasta_pid } => {
+                // pasta does not quit when the namespace's last process does.
+                if let Ok(pid) = std::fs::read_to_string(&*pasta_pid) {
+                    let _ = std::process::Command::new("kill")
+                        .arg(pid.trim())
+                        .env_clear()
+                        .status();
+                }
+                let _ = std::process::Command::new(&*ip)
+                    .args(["netns", "delete", id])
+                    .env_clear()
+                    .status();
+            }
+        }
+    }
+}
+
+/// The cgroups of one build: memory, pids and cpu limits (cgroup v2, or v1's hierarchies).
+struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// Why the limits could not be set up, when they could not.
+    problem: Option<String>,
+}
+
+impl Cgroup {
+    fn create(id: &str, policy: &SandboxPolicy) -> Cgroup {
+        match Self::try_create(id, policy) {
+            Ok(dirs) => Cgroup {
+                dirs,
+                problem: None,
+            },
+            Err(e) => Cgroup {
+                dirs: Vec::new(),
+                problem: Some(e.to_string()),
+            },
+        }
+    }
+
+    fn try_create(id: &str, policy: &SandboxPolicy) -> std::io::Result<Vec<PathBuf>> {
+        let root = Path::new("/sys/fs/cgroup");
+        let v2 = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .map(|c| c.contains("memory") && c.contains("pids"))
+            .unwrap_or(false);
+        let mut dirs = Vec::new();
+        let mut made = |dir: PathBuf, files: &[(&str, Option<String>)]| -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            dirs.push(dir.clone());
+            for (file, value) in files {
+                if let Some(v) = value {
+                    std::fs::write(dir.join(file), v)?;
+                }
+            }
+            Ok(())
+        };
+        let memory = policy.memory_bytes.map(|b| b.to_string());
+        let pids = policy.pids.map(|p| p.to_string());
+        let quota = policy.cpus.map(|c| ((c * 100_000.0) as u64).max(1_000));
+        if v2 {
+            let parent = root.join("hephy-builds");
+            std::fs::create_dir_all(&parent)?;
+            std::fs::write(parent.join("cgroup.subtree_control"), "+memory +pids +cpu")?;
+            made(
+                parent.join(id),
+                &[
+                    ("memory.max", memory),
+                    ("memory.swap.max", Some("0".into())),
+                    ("pids.max", pids),
+                    ("cpu.max", quota.map(|q| format!("{q} 100000"))),
+                ],
+            )?;
+        } else {
+            // cgroup v1: nest the memory cgroup under our own, where the host put us.
+            let own = own_v1_cgroup("memory").unwrap_or_default();
+            let own = own.trim_start_matches('/');
+            made(
+                root.join("memory").join(own).join(id),
+                &[
+                    ("memory.limit_in_bytes", memory),
+                    ("memory.swappiness", Some("0".into())),
+                ],
+            )?;
+            made(root.join("pids").join(id), &[("pids.max", pids)])?;
+            made(
+                root.join("cpu").join(id),
+                &[("cpu.cfs_quota_us", quota.map(|q| q.to_string()))],
+            )?;
+            // The v2 tree, when mounted beside v1, can kill a whole build at once.
+            let unified = root.join("unified");
+            if unified.join("cgroup.procs").exists() {
+                let _ = made(unified.join(id), &[]);
+            }
+        }
+        Ok(dirs)
+    }
+
+    fn procs_files(&self) -> Vec<String> {
+        self.dirs
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect()
+    }
+
+    /// Kills whatever of the build is left and removes its cgroups.
+    fn kill(&self) {
+        for d in &self.dirs {
+            if d.join("cgroup.kill").exists() {
+                let _ = std::fs::write(d.join("cgroup.kill"), "1");
+            }
+        }
+        for d in &self.dirs {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .env_clear()
+                        .status();
+                }
+            }
+        }
+        for d in &self.dirs {
+            // Emptied just above; the kernel may take a moment to reap.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn own_v1_cgroup(controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_owned())
+    })
+}
