@@ -1,0 +1,439 @@
+//! The builders that run a Dockerfile build: buildah (storage of its own under the hephy
+//! cache, overlay or vfs, chroot or oci isolation) and BuildKit's `buildctl`; both write the
+//! image as an OCI layout.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::UNIX_EPOCH;
+
+use hephy_core::{BuildContext, BuildError, BuildTarget, Digest, Events};
+use serde::Deserialize;
+
+use super::{DockerfileBackend, Plan, ResolvedSettings};
+use crate::check::find_program;
+use crate::exec::{self, ExecError};
+
+/// The first buildah release that understands heredocs (`RUN <<EOF`).
+pub(super) const BUILDAH_HEREDOC_VERSION: (u32, u32) = (1, 33);
+
+/// Which builder program runs a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Builder {
+    /// buildah, with its version (major, minor).
+    Buildah {
+        /// The program.
+        program: PathBuf,
+        /// `(major, minor)`, `(0, 0)` when unknown.
+        version: (u32, u32),
+    },
+    /// BuildKit's `buildctl`, talking to a running `buildkitd`.
+    Buildctl {
+        /// The program.
+        program: PathBuf,
+    },
+}
+
+impl Builder {
+    /// The builder's name, as in `builder = "NAME"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Builder::Buildah { .. } => "buildah",
+            Builder::Buildctl { .. } => "buildctl",
+        }
+    }
+
+    pub(super) fn supports_heredocs(&self) -> bool {
+        match self {
+            Builder::Buildah { version, .. } => *version >= BUILDAH_HEREDOC_VERSION,
+            Builder::Buildctl { .. } => true,
+        }
+    }
+}
+
+/// How buildah stores images and isolates `RUN`, chosen once per backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BuildahSetup {
+    root: PathBuf,
+    runroot: PathBuf,
+    driver: String,
+    isolation: String,
+}
+
+impl DockerfileBackend {
+    /// The builder to use for `s`, or why none can be.
+    pub async fn builder(&self, s: &ResolvedSettings) -> Result<Builder, BuildError> {
+        let want = s.builder.as_deref().unwrap_or("auto");
+        if let Some(b) = &self.builder {
+            if want == "auto" || want == b.name() {
+                return Ok(b.clone());
+            }
+        }
+        let buildah = || async {
+            let program = find_program("buildah")?;
+            let version = buildah_version(&program).await;
+            Some(Builder::Buildah { program, version })
+        };
+        let buildctl = || find_program("buildctl").map(|program| Builder::Buildctl { program });
+        let found = match want {
+            "auto" => match buildah().await {
+                Some(b) => Some(b),
+                None => buildctl(),
+            },
+            "buildah" => buildah().await,
+            "buildctl" => buildctl(),
+            other => {
+                return Err(BuildError::InvalidContext {
+                    problem: format!(
+                        "[build.dockerfile] builder {other:?} is not a builder: use \"auto\", \"buildah\" or \"buildctl\""
+                    ),
+                })
+            }
+        };
+        found.ok_or_else(|| BuildError::ToolMissing {
+            tool: if want == "auto" { "buildah".into() } else { want.into() },
+            hint: "install buildah (apt-get install buildah), or BuildKit's buildctl with a running buildkitd".into(),
+        })
+    }
+
+    async fn buildah_setup(&self, program: &Path) -> Result<BuildahSetup, BuildError> {
+        self.setup
+            .get_or_try_init(|| async {
+                let base = self.cache_dir.join("buildah");
+                let root = base.join("storage");
+                let runroot = base.join("run");
+                for d in [&root, &runroot] {
+                    std::fs::create_dir_all(d).map_err(|e| BuildError::InvalidContext {
+                        problem: format!(
+                            "cannot create buildah's storage directory {}: {e}; make the hephy cache directory writable (HEPHY_CACHE_DIR)",
+                            d.display()
+                        ),
+                    })?;
+                }
+                let driver = match std::env::var("STORAGE_DRIVER") {
+                    Ok(d) if !d.is_empty() => d,
+                    _ => choose_driver(program, &root, &runroot).await,
+                };
+                let isolation = match std::env::var("BUILDAH_ISOLATION") {
+                    Ok(i) if !i.is_empty() => i,
+                    _ => choose_isolation(),
+                };
+                Ok(BuildahSetup {
+                    root,
+                    runroot,
+                    driver,
+                    isolation,
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    pub(super) async fn build_buildah(
+        &self,
+        ctx: &BuildContext,
+        plan: &Plan,
+        program: &Path,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let setup = self.buildah_setup(program).await?;
+        events.log(format!(
+            "buildah: storage {} ({} driver), {} isolation",
+            setup.root.display(),
+            setup.driver,
+            setup.isolation
+        ));
+        let tag = format!(
+            "localhost/hephy-build/{}:{}",
+            short_hash(&ctx.dir().display().to_string()),
+            target.platform.slug()
+        );
+        let global = |cmd: &mut tokio::process::Command| {
+            cmd.arg("--root")
+                .arg(&setup.root)
+                .arg("--runroot")
+                .arg(&setup.runroot)
+                .arg("--storage-driver")
+                .arg(&setup.driver);
+        };
+        let epoch = ctx
+            .source_date_epoch()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut cmd = tokio::process::Command::new(program);
+        global(&mut cmd);
+        cmd.arg("build")
+            .arg("--format")
+            .arg("oci")
+            .arg("--platform")
+            .arg(target.platform.to_string())
+            .arg("--layers")
+            .arg("--isolation")
+            .arg(&setup.isolation)
+            .arg("--timestamp")
+            .arg(epoch.to_string())
+            .arg("-f")
+            .arg(&plan.file)
+            .arg("-t")
+            .arg(&tag);
+        if let Some(t) = &plan.settings.target {
+            cmd.arg("--target").arg(t);
+        }
+        for (k, v) in &plan.settings.args {
+            cmd.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        for (k, v) in &plan.settings.labels {
+            cmd.arg("--label").arg(format!("{k}={v}"));
+        }
+        if plan.settings.squash {
+            cmd.arg("--squash");
+        }
+        cmd.arg(&plan.context);
+        // `FROM oci:base:tag` (an OCI layout in the repository) resolves from the root.
+        cmd.current_dir(ctx.dir());
+        cmd.env("BUILDAH_ISOLATION", &setup.isolation);
+        apply_env(&mut cmd, ctx);
+        exec::run(cmd, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| run_failed("buildah build", e, "the Dockerfile build failed"))?;
+
+        let mut push = tokio::process::Command::new(program);
+        global(&mut push);
+        push.arg("push")
+            .arg("--format")
+            .arg("oci")
+            .arg(&tag)
+            .arg(format!(
+                "oci:{}:{}",
+                target.out_dir.display(),
+                target.platform.slug()
+            ));
+        exec::run(push, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| run_failed("buildah push", e, "writing the built image failed"))?;
+
+        // The image now lives in the layout; drop the tag so the store does not collect one
+        // image per build directory. Cached layers stay, for the next build.
+        let mut rmi = tokio::process::Command::new(program);
+        global(&mut rmi);
+        rmi.arg("rmi").arg(&tag);
+        if let Err(e) = exec::run(rmi, &Events::discard(), 5).await {
+            events.warn(format!("could not untag {tag} in buildah's store: {e}"));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn build_buildctl(
+        &self,
+        ctx: &BuildContext,
+        plan: &Plan,
+        program: &Path,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let file_dir = plan.file.parent().unwrap_or(ctx.dir());
+        let file_name = plan
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg("build")
+            .arg("--progress")
+            .arg("plain")
+            .arg("--frontend")
+            .arg("dockerfile.v0")
+            .arg("--local")
+            .arg(format!("context={}", plan.context.display()))
+            .arg("--local")
+            .arg(format!("dockerfile={}", file_dir.display()))
+            .arg("--opt")
+            .arg(format!("filename={file_name}"))
+            .arg("--opt")
+            .arg(format!("platform={}", target.platform));
+        if let Some(t) = &plan.settings.target {
+            cmd.arg("--opt").arg(format!("target={t}"));
+        }
+        for (k, v) in &plan.settings.args {
+            cmd.arg("--opt").arg(format!("build-arg:{k}={v}"));
+        }
+        for (k, v) in &plan.settings.labels {
+            cmd.arg("--opt").arg(format!("label:{k}={v}"));
+        }
+        if plan.settings.squash {
+            events.warn("squashing (kaniko single-snapshot) is not supported by buildctl; the image keeps its layers");
+        }
+        let epoch = ctx
+            .source_date_epoch()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        cmd.arg("--opt")
+            .arg(format!("build-arg:SOURCE_DATE_EPOCH={epoch}"));
+        cmd.arg("--output").arg(format!(
+            "type=oci,dest={},tar=false,name={}",
+            target.out_dir.display(),
+            target.platform.slug()
+        ));
+        apply_env(&mut cmd, ctx);
+        exec::run(cmd, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| {
+                run_failed(
+                    "buildctl build",
+                    e,
+                    "the Dockerfile build failed; is buildkitd running (BUILDKIT_HOST)?",
+                )
+            })?;
+        Ok(())
+    }
+}
+
+fn apply_env(cmd: &mut tokio::process::Command, ctx: &BuildContext) {
+    for (k, v) in &ctx.config().build.env {
+        cmd.env(k, v);
+    }
+}
+
+fn run_failed(what: &str, e: ExecError, hint: &str) -> BuildError {
+    match e {
+        ExecError::Failed { status, tail, .. } => BuildError::Failed {
+            message: format!(
+                "{what} failed ({status}): {hint}; its last lines:\n{}",
+                tail.join("\n")
+            ),
+        },
+        other => other
+            .into_build_error("install buildah (apt-get install buildah), or BuildKit's buildctl"),
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(s.as_bytes());
+    hex::encode(&h[..6])
+}
+
+async fn buildah_version(program: &Path) -> (u32, u32) {
+    let out = tokio::process::Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    match out {
+        Ok(o) => parse_buildah_version(&String::from_utf8_lossy(&o.stdout)).unwrap_or((0, 0)),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Parses `buildah version 1.28.2 (image-spec ...)` into `(1, 28)`.
+pub(crate) fn parse_buildah_version(s: &str) -> Option<(u32, u32)> {
+    let v = s.split_whitespace().nth(2)?;
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
+/// overlay when the kernel mounts one in our storage (buildah checks that when it opens the
+/// store), else vfs, which works everywhere but copies every layer.
+async fn choose_driver(program: &Path, root: &Path, runroot: &Path) -> String {
+    // A store keeps its driver; reuse what is there.
+    for d in ["overlay", "vfs"] {
+        if root.join(format!("{d}-images")).is_dir() {
+            return d.into();
+        }
+    }
+    let ok = tokio::process::Command::new(program)
+        .arg("--root")
+        .arg(root)
+        .arg("--runroot")
+        .arg(runroot)
+        .arg("--storage-driver")
+        .arg("overlay")
+        .arg("images")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        "overlay".into()
+    } else {
+        // A failed overlay probe may leave an empty overlay directory behind.
+        let _ = std::fs::remove_dir_all(root.join("overlay"));
+        "vfs".into()
+    }
+}
+
+/// `chroot` inside containers and without root, where buildah's default (an OCI runtime with
+/// its own namespaces and mounts) usually fails; `oci` otherwise.
+fn choose_isolation() -> String {
+    let in_container = Path::new("/.dockerenv").exists()
+        || Path::new("/run/.containerenv").exists()
+        || std::env::var_os("container").is_some();
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    let runtime = find_program("runc").is_some() || find_program("crun").is_some();
+    if in_container || !root || !runtime {
+        "chroot".into()
+    } else {
+        "oci".into()
+    }
+}
+
+/// The digest of the manifest tagged `tag` (or the only one) in the layout's `index.json`.
+pub(super) fn layout_manifest(dir: &Path, tag: &str) -> Result<Digest, BuildError> {
+    #[derive(Deserialize)]
+    struct Index {
+        manifests: Vec<Desc>,
+    }
+    #[derive(Deserialize)]
+    struct Desc {
+        digest: String,
+        #[serde(default)]
+        annotations: BTreeMap<String, String>,
+    }
+    let path = dir.join("index.json");
+    let text = std::fs::read(&path).map_err(|e| {
+        BuildError::other(
+            format!("the builder wrote no OCI layout at {}", dir.display()),
+            e,
+        )
+    })?;
+    let index: Index = serde_json::from_slice(&text)
+        .map_err(|e| BuildError::other(format!("{} is not an OCI index", path.display()), e))?;
+    let pick = index
+        .manifests
+        .iter()
+        .find(|m| {
+            m.annotations
+                .get("org.opencontainers.image.ref.name")
+                .map(String::as_str)
+                == Some(tag)
+        })
+        .or_else(|| index.manifests.last())
+        .ok_or_else(|| BuildError::Failed {
+            message: format!("the builder wrote an empty OCI layout at {}", dir.display()),
+        })?;
+    pick.digest
+        .parse()
+        .map_err(|e| BuildError::other(format!("bad digest in {}", path.display()), e))
+}

@@ -1,0 +1,277 @@
+//! The `spin` backend: packages a [Spin](https://spinframework.dev) app (`spin.toml`) as an OCI
+//! artifact, the way `spin registry push` does, so `spin up --from` (and SpinKube) can run what
+//! hephy publishes.
+//!
+//! The Spin format (the default), as Spin's `spin-oci` crate writes it:
+//! - one layer per component's Wasm, media type [`WASM_LAYER_MEDIA_TYPE`];
+//! - one layer per static file a component mounts, [`DATA_MEDIA_TYPE`] (files of at most 128
+//!   bytes are inlined into the locked app instead, as Spin does);
+//! - last, the *locked app* JSON (the manifest resolved: triggers, components with their
+//!   sources and files as digests), [`SPIN_APPLICATION_MEDIA_TYPE`];
+//! - an ordinary OCI image config (`architecture: wasm`) whose label
+//!   `com.fermyon.spin.lockedAppDigest` names the locked app layer.
+//!
+//! As an option (`[build.spin] format = "wasm"`), the CNCF Wasm OCI artifact format: config
+//! [`WASM_CONFIG_MEDIA_TYPE`] and the single component as an `application/wasm` layer.
+//!
+//! With Spin installed, components that declare a `build` command are built with `spin build`
+//! first; without it, the `.wasm` files the manifest names must be committed.
+
+use std::path::PathBuf;
+
+use hephy_core::{
+    async_trait, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence, Detection,
+    Events, Platform,
+};
+use oci_spec::image::{Descriptor, MediaType};
+use serde::Deserialize;
+
+use crate::check::find_program;
+use crate::dockerfile::safe_join;
+use crate::exec;
+use hephy_oci::layout::{to_oci_digest, OciLayout};
+
+mod artifact;
+mod manifest;
+
+use manifest::SpinApp;
+
+/// Media type of the locked Spin application layer.
+pub const SPIN_APPLICATION_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";
+/// Media type of a static file layer.
+pub const DATA_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+data";
+/// Media type of a component's Wasm layer in the Spin format.
+pub const WASM_LAYER_MEDIA_TYPE: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// Media type of the config of a CNCF Wasm OCI artifact.
+pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// Media type of the Wasm layer of a CNCF Wasm OCI artifact.
+pub const WASM_MEDIA_TYPE: &str = "application/wasm";
+/// The config label that names the locked app layer's digest.
+pub const LOCKED_APP_DIGEST_LABEL: &str = "com.fermyon.spin.lockedAppDigest";
+/// Content of at most this many bytes is inlined into the locked app (Spin's default).
+pub const INLINE_MAX_SIZE: u64 = 128;
+
+/// The `[build.spin]` table of `hephy.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct SpinSettings {
+    /// The Spin manifest, relative to the repository (default `spin.toml`).
+    pub manifest: Option<String>,
+    /// `spin` (default) or `wasm` (the CNCF Wasm OCI artifact format, one component only).
+    pub format: Option<String>,
+    /// Whether to run `spin build`: default when Spin is installed and a component declares a
+    /// build command.
+    pub build: Option<bool>,
+}
+
+/// The artifact format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpinFormat {
+    /// What `spin registry push` writes.
+    Spin,
+    /// The CNCF Wasm OCI artifact format.
+    Wasm,
+}
+
+/// The `spin` backend.
+///
+/// ```
+/// use hephy_backends::spin::SpinBackend;
+/// use hephy_core::Backend;
+/// assert_eq!(SpinBackend::new().name(), "spin");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SpinBackend {
+    spin: Option<PathBuf>,
+    no_spin: bool,
+}
+
+impl SpinBackend {
+    /// The backend; it runs `spin build` when `spin` is on `PATH`.
+    pub fn new() -> Self {
+        SpinBackend::default()
+    }
+
+    /// Never runs Spin, even when installed: the `.wasm` files must be in the repository.
+    pub fn without_spin(mut self) -> Self {
+        self.no_spin = true;
+        self
+    }
+
+    /// Runs this `spin` program.
+    pub fn with_spin(mut self, program: impl Into<PathBuf>) -> Self {
+        self.spin = Some(program.into());
+        self
+    }
+
+    fn spin_program(&self) -> Option<PathBuf> {
+        if self.no_spin {
+            return None;
+        }
+        self.spin.clone().or_else(|| find_program("spin"))
+    }
+
+    fn settings(
+        ctx: &BuildContext,
+    ) -> Result<(SpinSettings, SpinFormat, PathBuf, String), BuildError> {
+        let s: SpinSettings = ctx.config().build.backend_settings("spin").map_err(|e| {
+            BuildError::InvalidContext {
+                problem: e.to_string(),
+            }
+        })?;
+        let format = match s.format.as_deref() {
+            None | Some("spin") => SpinFormat::Spin,
+            Some("wasm") => SpinFormat::Wasm,
+            Some(other) => {
+                return Err(BuildError::InvalidContext {
+                    problem: format!(
+                        "[build.spin] format {other:?} is not a format: use \"spin\" (what spin registry push writes) or \"wasm\" (the CNCF Wasm OCI artifact)"
+                    ),
+                })
+            }
+        };
+        let rel = s.manifest.clone().unwrap_or_else(|| "spin.toml".into());
+        let path = safe_join(ctx.dir(), &rel, "[build.spin] manifest")?;
+        Ok((s, format, path, rel))
+    }
+
+    /// Loads the app of `ctx`: its manifest resolved against the repository.
+    fn load(&self, ctx: &BuildContext, may_build: bool) -> Result<SpinApp, BuildError> {
+        let (_, _, path, rel) = Self::settings(ctx)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| BuildError::InvalidContext {
+            problem: format!("cannot read the Spin manifest {rel}: {e}"),
+        })?;
+        let root = path.parent().unwrap_or(ctx.dir()).to_path_buf();
+        SpinApp::parse(&rel, &text, &root, may_build)
+    }
+}
+
+fn bad(problem: impl Into<String>) -> BuildError {
+    BuildError::InvalidContext {
+        problem: problem.into(),
+    }
+}
+
+#[async_trait]
+impl Backend for SpinBackend {
+    fn name(&self) -> &str {
+        "spin"
+    }
+
+    async fn detect(&self, ctx: &BuildContext) -> Detection {
+        let (rel, path) = match Self::settings(ctx) {
+            Ok((_, _, path, rel)) => (rel, path),
+            // Bad settings still detect a spin.toml, so that `check` reports them instead of
+            // another backend silently building the app.
+            Err(_) => ("spin.toml".to_owned(), ctx.dir().join("spin.toml")),
+        };
+        if !path.is_file() {
+            return Detection::no("spin", format!("no {rel}"));
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let name = toml::from_str::<toml::Table>(&text).ok().and_then(|t| {
+            t.get("application")
+                .and_then(|a| a.get("name"))
+                .and_then(|n| n.as_str().map(str::to_owned))
+        });
+        let reason = match name {
+            Some(n) => format!("found {rel} (Spin app {n})"),
+            None => format!("found {rel}"),
+        };
+        Detection::yes("spin", Confidence::High, reason)
+    }
+
+    async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
+        // A Wasm app runs on every platform: one artifact, built once.
+        if let [_, second, ..] = platforms {
+            return Err(BuildError::UnsupportedPlatform {
+                backend: "spin".into(),
+                platform: second.clone(),
+                hint: "a Spin app is one platform-independent artifact: list one platform in [build] platforms, or remove the key".into(),
+            });
+        }
+        let (settings, format, _, _) = Self::settings(ctx)?;
+        let can_build = settings.build != Some(false) && self.spin_program().is_some();
+        let app = self.load(ctx, can_build)?;
+        if format == SpinFormat::Wasm && app.components.len() != 1 {
+            return Err(bad(format!(
+                "[build.spin] format = \"wasm\" holds one component, and this app has {}: use format = \"spin\" (the default), which holds them all",
+                app.components.len()
+            )));
+        }
+        if settings.build == Some(true) && self.spin_program().is_none() {
+            return Err(BuildError::ToolMissing {
+                tool: "spin".into(),
+                hint: "[build.spin] build = true needs Spin where hephy builds: install it (https://spinframework.dev/install), or commit the .wasm files and remove build = true".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn build(
+        &self,
+        ctx: &BuildContext,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<BuiltImage, BuildError> {
+        let (settings, format, manifest_path, rel) = Self::settings(ctx)?;
+        let spin = if settings.build == Some(false) {
+            None
+        } else {
+            self.spin_program()
+        };
+        let app = self.load(ctx, spin.is_some())?;
+        if app.any_build() {
+            match &spin {
+                Some(program) => {
+                    events.log(format!("Running spin build -f {rel}"));
+                    let mut cmd = tokio::process::Command::new(program);
+                    cmd.arg("build")
+                        .arg("-f")
+                        .arg(&manifest_path)
+                        .current_dir(ctx.dir());
+                    for (k, v) in &ctx.config().build.env {
+                        cmd.env(k, v);
+                    }
+                    exec::run(cmd, events, exec::TAIL_LINES)
+                        .await
+                        .map_err(|e| e.into_build_error("install Spin (https://spinframework.dev/install) or commit the .wasm files"))?;
+                }
+                None => {
+                    events.log("Spin is not installed: packaging the .wasm files in the repository")
+                }
+            }
+        }
+        // Read again: `spin build` made the .wasm files.
+        let app = self.load(ctx, false)?;
+        let layout = OciLayout::create(&target.out_dir)
+            .map_err(|e| BuildError::other("cannot create the OCI layout", e.to_string()))?;
+        let (digest, size) = match format {
+            SpinFormat::Spin => app.write_spin(ctx, &layout)?,
+            SpinFormat::Wasm => app.write_wasm(ctx, &layout)?,
+        };
+        let oci_digest = to_oci_digest(&digest)
+            .map_err(|e| BuildError::other("invalid digest", e.to_string()))?;
+        let desc = Descriptor::new(MediaType::ImageManifest, size, oci_digest);
+        layout
+            .add_manifest(&desc, Some("latest"))
+            .map_err(|e| BuildError::other("cannot write index.json", e.to_string()))?;
+        events.log(format!(
+            "Packaged {} component(s) of {} as {} artifact {}",
+            app.components.len(),
+            if app.name.is_empty() {
+                "the Spin app"
+            } else {
+                &app.name
+            },
+            match format {
+                SpinFormat::Spin => "a Spin",
+                SpinFormat::Wasm => "a Wasm OCI",
+            },
+            digest
+        ));
+        Ok(BuiltImage::new(None, &target.out_dir, digest))
+    }
+}
