@@ -19,6 +19,7 @@
 //! member), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
 //! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
 //! output is kept in the hephy cache dir (`cargo-target/PACKAGE`), so rebuilds are incremental.
+//! `cargo` is the one on the server's `PATH`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,9 +29,9 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::check::find_program;
 use crate::dockerfile::default_cache_dir;
-use crate::exec;
+use crate::exec::{self, find_program};
+use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::base::{BaseImage, APP_UID};
 use hephy_oci::image::ImageBuilder;
 use hephy_oci::layer::Entry;
@@ -178,9 +179,10 @@ fn settings(ctx: &BuildContext) -> Result<CargoSettings, BuildError> {
 }
 
 fn read_manifest(ctx: &BuildContext) -> Result<toml::Table, BuildError> {
-    let path = ctx.dir().join("Cargo.toml");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read Cargo.toml: {e}")))?;
+    let bytes = paths::read(ctx.dir(), "Cargo.toml", MANIFEST_LIMIT)?.ok_or_else(|| {
+        bad("there is no Cargo.toml at the repository root: add one, or choose another backend with backend = \"NAME\"")
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
     toml::from_str(&text).map_err(|e| bad(format!("Cargo.toml: {}", e.message().trim_end())))
 }
 
@@ -215,26 +217,37 @@ pub fn bin_targets(manifest: &toml::Table, dir: &Path) -> Vec<BinTarget> {
         .and_then(|m| m.as_array())
         .cloned()
         .unwrap_or_default();
+    // Members that lead outside the repository (`../other`, a link to `/`) are not read.
     let mut dirs = vec![];
     for m in members.iter().filter_map(|m| m.as_str()) {
-        if glob::Pattern::escape(m) != m {
-            let pattern = dir.join(m).to_string_lossy().into_owned();
-            if let Ok(paths) = glob::glob(&pattern) {
-                dirs.extend(paths.flatten());
-            }
-        } else {
-            dirs.push(dir.join(m));
+        let key = "a [workspace] member of Cargo.toml";
+        // A pattern is checked as written (and up to its first wildcard, after links),
+        // then each directory it matches.
+        let Ok(d) = paths::resolve(dir, key, m) else {
+            continue;
+        };
+        if glob::Pattern::escape(m) == m {
+            dirs.push(d);
+        } else if let Ok(found) = glob::glob(&dir.join(m).to_string_lossy()) {
+            dirs.extend(
+                found
+                    .flatten()
+                    .filter_map(|p| paths::inside(dir, &p, key).ok()),
+            );
         }
     }
     dirs.sort();
+    let root = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     for d in dirs {
-        if d == dir {
+        if d == root || d == dir {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(d.join("Cargo.toml")) else {
+        let Ok(Some(bytes)) =
+            paths::read_path(dir, &d.join("Cargo.toml"), "Cargo.toml", MANIFEST_LIMIT)
+        else {
             continue;
         };
-        let Ok(member) = toml::from_str::<toml::Table>(&text) else {
+        let Ok(member) = toml::from_str::<toml::Table>(&String::from_utf8_lossy(&bytes)) else {
             continue;
         };
         let Some(name) = member
@@ -471,33 +484,49 @@ impl CargoBackend {
         self.cache_dir.join("cargo-target").join(safe)
     }
 
-    async fn plan(
-        &self,
-        ctx: &BuildContext,
-        platforms: &[Platform],
-    ) -> Result<(CargoSettings, BinTarget, Vec<Choice>), BuildError> {
-        let s = settings(ctx)?;
+    async fn plan(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
+        let mut settings = settings(ctx)?;
+        settings.base = paths::base_image(ctx.dir(), "[build.cargo] base", &settings.base)?;
         let manifest = read_manifest(ctx)?;
-        let bin = choose_bin(&manifest, ctx.dir(), &s)?;
-        let libc = s.libc.clone().unwrap_or_else(|| "auto".into());
+        let bin = choose_bin(&manifest, ctx.dir(), &settings)?;
+        let libc = settings.libc.clone().unwrap_or_else(|| "auto".into());
         if !matches!(libc.as_str(), "auto" | "musl" | "gnu") {
             return Err(bad(format!(
                 "[build.cargo] libc {libc:?} is not a choice: use \"auto\", \"musl\" or \"gnu\""
             )));
         }
-        if find_program("cargo").is_none() {
-            return Err(BuildError::ToolMissing {
-                tool: "cargo".into(),
-                hint: INSTALL_HINT.into(),
-            });
-        }
+        let locked =
+            paths::regular_file(ctx.dir(), &ctx.dir().join("Cargo.lock"), "Cargo.lock")?.is_some();
+        let cargo = find_program("cargo").ok_or_else(|| BuildError::ToolMissing {
+            tool: "cargo".into(),
+            hint: INSTALL_HINT.into(),
+        })?;
         let root = sysroot(ctx).await?;
         let mut choices = vec![];
         for p in platforms {
             choices.push(choose_target(p, &root, &libc)?);
         }
-        Ok((s, bin, choices))
+        Ok(Plan {
+            settings,
+            manifest,
+            bin,
+            choices,
+            cargo,
+            locked,
+        })
     }
+}
+
+/// What a build needs, checked before it starts.
+struct Plan {
+    settings: CargoSettings,
+    manifest: toml::Table,
+    bin: BinTarget,
+    choices: Vec<Choice>,
+    /// The `cargo` on the server's `PATH`.
+    cargo: PathBuf,
+    /// Whether there is a `Cargo.lock` (a regular file inside the repository).
+    locked: bool,
 }
 
 #[async_trait]
@@ -543,19 +572,20 @@ impl Backend for CargoBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
-        let (s, target_bin, choices) = self
+        let plan = self
             .plan(ctx, std::slice::from_ref(&target.platform))
             .await?;
-        let Some(choice) = choices.into_iter().next() else {
+        let s = &plan.settings;
+        let Some(choice) = plan.choices.first().cloned() else {
             return Err(bad("no platform to build"));
         };
-        let bin = target_bin.bin.clone();
-        let package = target_bin.package.clone().or_else(|| s.package.clone());
-        let target_dir = self.target_dir(&read_manifest(ctx)?, package.as_deref());
+        let bin = plan.bin.bin.clone();
+        let package = plan.bin.package.clone().or_else(|| s.package.clone());
+        let target_dir = self.target_dir(&plan.manifest, package.as_deref());
         tokio::fs::create_dir_all(&target_dir)
             .await
             .map_err(|e| BuildError::other(format!("cannot create {}", target_dir.display()), e))?;
-        let mut cmd = tokio::process::Command::new("cargo");
+        let mut cmd = tokio::process::Command::new(&plan.cargo);
         cmd.current_dir(ctx.dir())
             .arg("build")
             .arg("--release")
@@ -565,7 +595,7 @@ impl Backend for CargoBackend {
             .arg(&target_dir)
             .arg("--bin")
             .arg(&bin);
-        if ctx.dir().join("Cargo.lock").is_file() {
+        if plan.locked {
             cmd.arg("--locked");
         }
         if let Some(p) = &package {

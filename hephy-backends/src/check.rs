@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use hephy_core::{
@@ -284,7 +284,7 @@ pub fn check_go_cgo(ctx: &BuildContext) -> Result<(), BuildError> {
         return Ok(());
     }
     let mut found = vec![];
-    scan_go(root, root, &mut found);
+    scan_go(root, &mut found);
     if found.is_empty() {
         return Ok(());
     }
@@ -304,37 +304,44 @@ pub fn check_go_cgo(ctx: &BuildContext) -> Result<(), BuildError> {
     })
 }
 
-fn scan_go(root: &Path, dir: &Path, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let path = e.path();
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            if name.starts_with('.') || name.starts_with('_') || name == "testdata" {
-                continue;
-            }
-            if path.join("go.mod").is_file() {
-                continue;
-            }
-            scan_go(root, &path, found);
-        } else if ft.is_file() && name.ends_with(".go") && !name.ends_with("_test.go") {
-            if !go_file_name_matches_linux(&name) {
-                continue;
-            }
-            let Ok(src) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            if !go_build_constraint_ok(&src) {
-                continue;
-            }
-            if go_imports_c(&src) {
-                let rel = path.strip_prefix(root).unwrap_or(&path);
-                found.push(rel.display().to_string());
+/// How much of each `.go` file the cgo check reads: build constraints and imports come first.
+const GO_HEAD_LIMIT: u64 = 256 * 1024;
+
+/// Walks the module at `root` (iteratively: the repository decides how deep it is), without
+/// following symlinks, for Go files that import "C".
+fn scan_go(root: &Path, found: &mut Vec<String>) {
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                if name.starts_with('.') || name.starts_with('_') || name == "testdata" {
+                    continue;
+                }
+                if path.join("go.mod").is_file() {
+                    continue;
+                }
+                todo.push(path);
+            } else if ft.is_file() && name.ends_with(".go") && !name.ends_with("_test.go") {
+                if !go_file_name_matches_linux(&name) {
+                    continue;
+                }
+                let Some(head) = crate::paths::read_head(&path, GO_HEAD_LIMIT) else {
+                    continue;
+                };
+                let src = String::from_utf8_lossy(&head);
+                if !go_build_constraint_ok(&src) {
+                    continue;
+                }
+                if go_imports_c(&src) {
+                    let rel = path.strip_prefix(root).unwrap_or(&path);
+                    found.push(rel.display().to_string());
+                }
             }
         }
     }
@@ -540,20 +547,10 @@ fn go_imports_c(src: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers the backends share: finding programs, knowing what the machine can run.
+// Helpers the backends share: knowing what the machine can run (and finding programs, which
+// lives in `exec`).
 
-/// The full path of `program` on `PATH`, if it is there and executable.
-pub fn find_program(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
+pub use crate::exec::find_program;
 
 /// The name qemu and binfmt_misc give an architecture.
 fn qemu_arch(arch: &str) -> &str {

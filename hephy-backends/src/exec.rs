@@ -1,7 +1,11 @@
 //! Running build tools: every output line goes to [`Events`] as it comes, the last lines are
-//! kept for the error, and dropping the future kills the child.
+//! kept for the error, and dropping the future kills the child. Programs are found here too,
+//! once: [`find_program`] on the server's `PATH`, and [`admin_program`] for a program a
+//! `hephy.toml` names, which must be one the server's admin installed, never a file of the
+//! pushed repository.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +66,90 @@ impl ExecError {
                 BuildError::other(format!("cannot run {program}"), source)
             }
         }
+    }
+}
+
+/// The full path of `program` on the server's `PATH`, if it is there and executable. Only
+/// absolute directories of `PATH` count: a relative one (`.`, or an empty entry) would be looked
+/// up in whatever directory a build runs in, which is a pushed repository.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// The program a `hephy.toml` setting `key` (such as `[build.go] toolchain`) names as
+/// `value`, resolved to its full path: a name on the server's `PATH` ([`find_program`]), or an
+/// absolute path. Refused when it is a relative path or resolves inside `context` (the pushed
+/// repository): a push must not choose a program of its own to run on the server. `usual` is
+/// the program's usual name (`go`), for messages.
+///
+/// A program that does not exist is [`BuildError::ToolMissing`] with `hint`.
+///
+/// ```
+/// use hephy_backends::exec::admin_program;
+/// let repo = std::env::temp_dir().join("some-pushed-repository");
+/// let key = "[build.go] toolchain";
+/// let sh = admin_program(key, "sh", "go", &repo, "install it").map_err(|e| e.to_string());
+/// assert!(sh.is_ok_and(|p| p.is_absolute()));
+/// let e = admin_program(key, "./evil.sh", "go", &repo, "").err().map(|e| e.to_string());
+/// assert_eq!(
+///     e.as_deref(),
+///     Some("[build.go] toolchain must name a program the server's admin installed: use a name on the server's PATH, like \"go\", or an absolute path outside the repository"),
+/// );
+/// ```
+pub fn admin_program(
+    key: &str,
+    value: &str,
+    usual: &str,
+    context: &Path,
+    hint: &str,
+) -> Result<PathBuf, BuildError> {
+    let refuse = || not_admin_installed(key, usual);
+    let given = Path::new(value);
+    let program = if given.is_absolute() {
+        if !given.is_file() {
+            return Err(BuildError::ToolMissing {
+                tool: format!("{usual} ({value})"),
+                hint: format!("{key} points to {value}, which does not exist; {hint}"),
+            });
+        }
+        given.to_path_buf()
+    } else if value.contains('/') || value == "." || value == ".." {
+        return Err(refuse());
+    } else {
+        find_program(value).ok_or_else(|| BuildError::ToolMissing {
+            tool: value.to_owned(),
+            hint: hint.to_owned(),
+        })?
+    };
+    // An absolute path, or a link on PATH, may still lead into the repository.
+    let real = program.canonicalize().unwrap_or_else(|_| program.clone());
+    let in_context = program.starts_with(context)
+        || context
+            .canonicalize()
+            .is_ok_and(|c| real.starts_with(&c) || program.starts_with(&c));
+    if in_context {
+        return Err(refuse());
+    }
+    Ok(program)
+}
+
+fn not_admin_installed(key: &str, usual: &str) -> BuildError {
+    BuildError::InvalidContext {
+        problem: format!(
+            "{key} must name a program the server's admin installed: use a name on the server's PATH, like \"{usual}\", or an absolute path outside the repository"
+        ),
     }
 }
 

@@ -1,8 +1,8 @@
 //! [`FilesBackend`]: a directory of the context shipped as it is, on a base image: the backend
 //! for prebuilt artifacts and static assets.
 //!
-//! `[build.files]` keys: `dir` (relative to the context; default the whole context less `.git`
-//! and `hephy.toml`), `dest` (where it goes in the image, default `/app`), `entrypoint` and `cmd`
+//! `[build.files]` keys: `dir` (relative to the context, and inside it after following
+//! symlinks; default the whole context less `.git` and `hephy.toml`), `dest` (where it goes in the image, default `/app`), `entrypoint` and `cmd`
 //! (lists), `env` (table), `user` (default `65532`), `workdir` (default `dest`), `base` (see
 //! [`BaseImage`]; `"scratch"` for no base at all), `compression` (`"gzip"`, the default, or
 //! `"zstd"`, optionally with `:LEVEL`), and `split` (default true: large trees are
@@ -18,6 +18,7 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
+use crate::paths;
 use hephy_oci::base::{BaseImage, APP_UID};
 use hephy_oci::image::{ImageBuilder, WrittenImage};
 use hephy_oci::layer::{Compression, SplitOptions};
@@ -260,11 +261,23 @@ impl Backend for FilesBackend {
     }
 }
 
+/// `[build.files]` of `ctx`, with the paths it names (`dir`, `base = "oci:DIR"`) resolved
+/// inside the repository.
 fn settings(ctx: &BuildContext) -> Result<FilesSettings, BuildError> {
-    ctx.config()
+    let mut s = ctx
+        .config()
         .build
         .backend_settings::<FilesSettings>("files")
         .map_err(|e| BuildError::InvalidContext {
             problem: e.to_string(),
-        })
+        })?;
+    if let Some(dir) = &s.dir {
+        s.dir = Some(paths::resolve(
+            ctx.dir(),
+            "[build.files] dir",
+            &dir.to_string_lossy(),
+        )?);
+    }
+    s.base = paths::base_image(ctx.dir(), "[build.files] base", &s.base)?;
+    Ok(s)
 }

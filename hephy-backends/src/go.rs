@@ -11,7 +11,8 @@
 //! | `PORT` | the `[deploy] port`; the app runs as user 65532 |
 //!
 //! `[build.go]` keys: `main` (package to build, default `"."`), `ldflags`, `tags` (list),
-//! `data` (directory, relative to the context), `toolchain` (path to `go`), `base` (see
+//! `data` (directory, relative to the context), `toolchain` (the `go` to run: a name on the
+//! server's `PATH` or an absolute path, never a file of the repository), `base` (see
 //! [`BaseImage`]), `compression` (`"gzip"`, the default, or `"zstd"`, optionally `:LEVEL`).
 //! Compiled packages are cached in `$XDG_CACHE_HOME/hephy/go-build` (or
 //! `~/.cache/hephy/go-build`) across builds; `GOPROXY`, `GOFLAGS` and the rest of the environment
@@ -25,7 +26,8 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::exec;
+use crate::exec::{self, admin_program};
+use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::base::{BaseImage, APP_UID};
 use hephy_oci::image::ImageBuilder;
 use hephy_oci::layer::{Compression, Entry};
@@ -52,7 +54,8 @@ pub struct GoSettings {
     /// A directory shipped beside the binary at [`DATA_PATH`].
     #[serde(default)]
     pub data: Option<PathBuf>,
-    /// The `go` program to run (default: `go` on `PATH`).
+    /// The `go` program to run: a name on the server's `PATH` (default `go`) or an absolute
+    /// path outside the repository, never a program of the pushed repository.
     #[serde(default)]
     pub toolchain: Option<PathBuf>,
     /// The base image.
@@ -180,35 +183,82 @@ fn binary_name(module: Option<&str>, main: &str) -> String {
 }
 
 fn toolchain(s: &GoSettings, ctx: &BuildContext) -> Result<PathBuf, BuildError> {
-    match &s.toolchain {
-        Some(p) => {
-            let p = if p.is_relative() && p.components().count() > 1 {
-                ctx.dir().join(p)
-            } else {
-                p.clone()
-            };
-            if p.components().count() > 1 && !p.is_file() {
-                return Err(BuildError::ToolMissing {
-                    tool: format!("go ({})", p.display()),
-                    hint: format!(
-                        "[build.go] toolchain points to {}, which does not exist; {INSTALL_HINT}",
-                        p.display()
+    let value = match &s.toolchain {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => "go".to_owned(),
+    };
+    admin_program(
+        "[build.go] toolchain",
+        &value,
+        "go",
+        ctx.dir(),
+        INSTALL_HINT,
+    )
+}
+
+/// `go.mod`, read with the limit every file hephy parses has.
+fn read_go_mod(ctx: &BuildContext) -> Result<Option<String>, paths::PathError> {
+    Ok(paths::read(ctx.dir(), "go.mod", MANIFEST_LIMIT)?
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// The package `go build` builds: `main` as an import path, or as a directory of the
+/// repository (`./cmd/server`), which must be inside it.
+fn main_package(ctx: &BuildContext, main: Option<&str>) -> Result<String, BuildError> {
+    let main = main.unwrap_or(".");
+    let is_dir = main.starts_with('.') || main.starts_with('/') || ctx.dir().join(main).is_dir();
+    if !is_dir {
+        return Ok(main.to_owned());
+    }
+    paths::resolve(ctx.dir(), "[build.go] main", main)?;
+    Ok(if main.starts_with('.') {
+        main.to_owned()
+    } else {
+        // `cmd/server` would be read as an import path; the user means the directory.
+        format!("./{main}")
+    })
+}
+
+/// What a build needs, checked before it starts: every path the settings name resolved
+/// inside the repository, and the `go` the server's admin installed.
+struct Plan {
+    settings: GoSettings,
+    go: PathBuf,
+    module: Option<String>,
+    main: String,
+    data: Option<PathBuf>,
+}
+
+fn plan(ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
+    let mut settings = settings(ctx)?;
+    for p in platforms {
+        goarch(p)?;
+    }
+    let module = read_go_mod(ctx)?.as_deref().and_then(module_path);
+    settings.base = paths::base_image(ctx.dir(), "[build.go] base", &settings.base)?;
+    let main = main_package(ctx, settings.main.as_deref())?;
+    let data = match &settings.data {
+        None => None,
+        Some(data) => {
+            let dir = paths::resolve(ctx.dir(), "[build.go] data", &data.to_string_lossy())?;
+            if !dir.is_dir() {
+                return Err(BuildError::InvalidContext {
+                    problem: format!(
+                        "[build.go] data = {:?} is not a directory of the context: create it or remove the setting",
+                        data.display()
                     ),
                 });
             }
-            Ok(p)
+            Some(dir)
         }
-        None => Ok(PathBuf::from("go")),
-    }
-}
-
-fn on_path(program: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    };
+    let go = toolchain(&settings, ctx)?;
+    Ok(Plan {
+        settings,
+        go,
+        module,
+        main,
+        data,
     })
 }
 
@@ -219,8 +269,8 @@ impl Backend for GoBackend {
     }
 
     async fn detect(&self, ctx: &BuildContext) -> Detection {
-        match tokio::fs::read_to_string(ctx.dir().join("go.mod")).await {
-            Ok(text) => match module_path(&text) {
+        match read_go_mod(ctx) {
+            Ok(Some(text)) => match module_path(&text) {
                 Some(m) => {
                     Detection::yes("go", Confidence::High, format!("found go.mod (module {m})"))
                 }
@@ -230,23 +280,15 @@ impl Backend for GoBackend {
                     "found go.mod without a module line",
                 ),
             },
-            Err(_) => Detection::no("go", "no go.mod at the root of the context"),
+            Ok(None) => Detection::no("go", "no go.mod at the root of the context"),
+            // Still detected, so that `check` says what is wrong with it instead of another
+            // backend building the repository.
+            Err(e) => Detection::yes("go", Confidence::High, format!("found go.mod, but {e}")),
         }
     }
 
     async fn check(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<(), BuildError> {
-        let s = settings(ctx)?;
-        for p in platforms {
-            goarch(p)?;
-        }
-        let go = toolchain(&s, ctx)?;
-        if go.components().count() == 1 && !on_path(&go) {
-            return Err(BuildError::ToolMissing {
-                tool: go.display().to_string(),
-                hint: INSTALL_HINT.to_owned(),
-            });
-        }
-        Ok(())
+        plan(ctx, platforms).map(|_| ())
     }
 
     async fn build(
@@ -255,19 +297,11 @@ impl Backend for GoBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
-        let s = settings(ctx)?;
+        let plan = plan(ctx, std::slice::from_ref(&target.platform))?;
         let (arch, goarm) = goarch(&target.platform)?;
-        let go = toolchain(&s, ctx)?;
-        let module = tokio::fs::read_to_string(ctx.dir().join("go.mod"))
-            .await
-            .ok()
-            .and_then(|t| module_path(&t));
-        let mut main = s.main.clone().unwrap_or_else(|| ".".to_owned());
-        if !main.starts_with('.') && !main.starts_with('/') && ctx.dir().join(&main).is_dir() {
-            // `cmd/server` would be read as an import path; the user means the directory.
-            main = format!("./{main}");
-        }
-        let name = binary_name(module.as_deref(), &main);
+        let s = &plan.settings;
+        let main = &plan.main;
+        let name = binary_name(plan.module.as_deref(), main);
         let work = target.out_dir.join(".hephy-go");
         tokio::fs::create_dir_all(&work)
             .await
@@ -278,7 +312,7 @@ impl Backend for GoBackend {
             BuildError::other(format!("cannot create GOCACHE {}", cache.display()), e)
         })?;
 
-        let mut cmd = tokio::process::Command::new(&go);
+        let mut cmd = tokio::process::Command::new(&plan.go);
         cmd.current_dir(ctx.dir())
             .arg("build")
             .arg("-trimpath")
@@ -291,7 +325,7 @@ impl Backend for GoBackend {
         if let Some(l) = &s.ldflags {
             cmd.arg("-ldflags").arg(l);
         }
-        cmd.arg(&main);
+        cmd.arg(main);
         for (k, v) in &ctx.config().build.env {
             cmd.env(k, v);
         }
@@ -334,16 +368,7 @@ impl Backend for GoBackend {
             .env("PORT", port.to_string())
             .user(APP_UID.to_string())
             .expose(port);
-        if let Some(data) = &s.data {
-            let dir = ctx.dir().join(data);
-            if !dir.is_dir() {
-                return Err(BuildError::InvalidContext {
-                    problem: format!(
-                        "[build.go] data = {:?} is not a directory of the context: create it or remove the setting",
-                        data.display()
-                    ),
-                });
-            }
+        if let Some(dir) = &plan.data {
             image = image
                 .dir(dir, DATA_PATH.trim_start_matches('/'))
                 .env("HEPHY_DATA_PATH", DATA_PATH);

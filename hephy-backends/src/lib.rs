@@ -3,7 +3,9 @@
 //! directories are shipped as they are ([`FilesBackend`]), Dockerfiles go through buildah
 //! ([`DockerfileBackend`]), Spin apps become Wasm artifacts ([`SpinBackend`]) and Rust crates
 //! static binaries ([`CargoBackend`]). [`check::explain`] says which backend would build a
-//! context, and why the others would not. Every outside tool runs through [`exec`].
+//! context, and why the others would not. Every outside tool runs through [`exec`], and every
+//! path a pushed repository names, and every file a backend reads from it, through [`paths`]:
+//! a push is untrusted.
 //!
 //! Image assembly (layers, manifests, OCI layouts) and publishing live in `hephy-oci`; this
 //! crate is not for running images (`hephy-deploy`) or receiving pushes (`hephy-git`).
@@ -49,6 +51,7 @@ pub mod dockerfile;
 pub mod exec;
 pub mod files;
 pub mod go;
+pub mod paths;
 pub mod sandbox;
 pub mod spin;
 

@@ -27,7 +27,7 @@
 //! system's), the `overlay` driver when the kernel lets it mount one there and `vfs` otherwise,
 //! and `chroot` isolation inside containers or without root (`BUILDAH_ISOLATION` overrides).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use hephy_core::{
@@ -37,6 +37,7 @@ use hephy_core::{
 use tokio::sync::OnceCell;
 
 use crate::check::host_can_run;
+use crate::paths::{self, MANIFEST_LIMIT};
 
 mod drivers;
 mod parse;
@@ -132,7 +133,7 @@ impl DockerfileBackend {
         self
     }
 
-    /// The Dockerfile `ctx` would be built from, relative to the repository, if there is one.
+    /// The Dockerfile `ctx` would be built from (its real path, inside the repository).
     fn dockerfile_path(
         &self,
         ctx: &BuildContext,
@@ -140,31 +141,40 @@ impl DockerfileBackend {
     ) -> Result<PathBuf, BuildError> {
         match &s.file {
             Some(f) => {
-                let p = safe_join(ctx.dir(), f, "[build.dockerfile] file")?;
-                if !p.is_file() {
-                    return Err(BuildError::InvalidContext {
+                let p = paths::resolve(ctx.dir(), "[build.dockerfile] file", f)?;
+                match paths::regular_file(ctx.dir(), &p, f)? {
+                    Some(p) => Ok(p),
+                    None => Err(BuildError::InvalidContext {
                         problem: format!(
                             "[build.dockerfile] file {f:?} does not exist in the repository: fix the path or remove the setting to use ./Dockerfile"
                         ),
-                    });
+                    }),
                 }
-                Ok(p)
             }
-            None => DOCKERFILE_NAMES
-                .iter()
-                .map(|n| ctx.dir().join(n))
-                .find(|p| p.is_file())
-                .ok_or_else(|| BuildError::InvalidContext {
+            None => {
+                for n in DOCKERFILE_NAMES {
+                    let p = ctx.dir().join(n);
+                    if p.is_dir() {
+                        continue;
+                    }
+                    if let Some(p) = paths::regular_file(ctx.dir(), &p, n)? {
+                        return Ok(p);
+                    }
+                }
+                Err(BuildError::InvalidContext {
                     problem: "no Dockerfile or Containerfile at the repository root: add one, or set [build.dockerfile] file = \"path/to/Dockerfile\"".into(),
-                }),
+                })
+            }
         }
     }
 
+    /// The build context directory (its real path, inside the repository).
     fn context_dir(&self, ctx: &BuildContext, s: &ResolvedSettings) -> Result<PathBuf, BuildError> {
+        let key = "[build.dockerfile] context";
         match &s.context {
-            None => Ok(ctx.dir().to_path_buf()),
+            None => Ok(paths::resolve(ctx.dir(), key, ".")?),
             Some(c) => {
-                let p = safe_join(ctx.dir(), c, "[build.dockerfile] context")?;
+                let p = paths::resolve(ctx.dir(), key, c)?;
                 if !p.is_dir() {
                     return Err(BuildError::InvalidContext {
                         problem: format!(
@@ -180,22 +190,25 @@ impl DockerfileBackend {
     /// Everything [`Backend::check`] verifies, returning the parsed Dockerfile and builder.
     async fn plan(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
         let settings = self.settings(ctx)?;
-        // Absolute, as buildah runs in the repository root.
         let file = self.dockerfile_path(ctx, &settings)?;
-        let file = std::path::absolute(&file).unwrap_or(file);
         let context = self.context_dir(ctx, &settings)?;
-        let context = std::path::absolute(&context).unwrap_or(context);
-        let rel = file
-            .strip_prefix(ctx.dir())
-            .unwrap_or(&file)
-            .display()
-            .to_string();
-        let text =
-            tokio::fs::read_to_string(&file)
-                .await
-                .map_err(|e| BuildError::InvalidContext {
-                    problem: format!("cannot read {rel}: {e}"),
-                })?;
+        let rel = paths::relative(ctx.dir(), &file).display().to_string();
+        let text = paths::read_text(ctx.dir(), &file, &rel, MANIFEST_LIMIT)?.ok_or_else(|| {
+            BuildError::InvalidContext {
+                problem: format!("{rel} went missing while hephy read it: push again"),
+            }
+        })?;
+        // The builder reads these itself: they too must be files of the repository.
+        let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let ignore_files = [
+            Some(context.join(".dockerignore")),
+            Some(context.join(".containerignore")),
+            file_name.map(|n| file.with_file_name(format!("{n}.dockerignore"))),
+        ];
+        for ignore in ignore_files.into_iter().flatten() {
+            let name = paths::relative(ctx.dir(), &ignore).display().to_string();
+            paths::regular_file(ctx.dir(), &ignore, &name)?;
+        }
         let df = Dockerfile::parse(&text).map_err(|e| BuildError::InvalidContext {
             problem: format!("{rel}:{e}"),
         })?;
@@ -292,37 +305,6 @@ struct Plan {
     dockerfile: Dockerfile,
 }
 
-/// Joins a relative path from `hephy.toml` to `root`, refusing absolute paths and `..` that
-/// would leave the repository.
-pub(crate) fn safe_join(root: &Path, rel: &str, what: &str) -> Result<PathBuf, BuildError> {
-    let p = Path::new(rel);
-    let mut depth: i32 = 0;
-    for c in p.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    break;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => depth = -1,
-        }
-        if depth < 0 {
-            break;
-        }
-    }
-    if depth < 0 {
-        return Err(BuildError::InvalidContext {
-            problem: format!(
-                "{what} {rel:?} points outside the repository: give a path relative to the repository root, without leading / or ../"
-            ),
-        });
-    }
-    Ok(root.join(p))
-}
-
 #[async_trait]
 impl Backend for DockerfileBackend {
     fn name(&self) -> &str {
@@ -340,7 +322,7 @@ impl Backend for DockerfileBackend {
         // another backend silently building the app.
         let settings = self.settings(ctx).unwrap_or_default();
         if let Some(f) = &settings.file {
-            return match safe_join(ctx.dir(), f, "file") {
+            return match paths::resolve(ctx.dir(), "[build.dockerfile] file", f) {
                 Ok(p) if p.is_file() => Detection::yes(
                     &self.name,
                     Confidence::High,
@@ -386,10 +368,7 @@ impl Backend for DockerfileBackend {
             })?;
         events.log(format!(
             "Building {} with {}",
-            plan.file
-                .strip_prefix(ctx.dir())
-                .unwrap_or(&plan.file)
-                .display(),
+            paths::relative(ctx.dir(), &plan.file).display(),
             plan.builder.name()
         ));
         match &plan.builder {

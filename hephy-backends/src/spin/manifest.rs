@@ -9,7 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bad;
-use crate::dockerfile::safe_join;
+use super::files::{resolve_files, Dirs};
+use crate::paths;
 
 #[derive(Deserialize)]
 struct RawManifest {
@@ -66,7 +67,7 @@ enum RawSource {
 
 #[derive(Deserialize, Clone)]
 #[serde(untagged)]
-enum RawMount {
+pub(super) enum RawMount {
     Pattern(String),
     Placement { source: String, destination: String },
 }
@@ -132,11 +133,13 @@ fn json_table(t: &toml::Table) -> Value {
 }
 
 impl SpinApp {
-    /// Parses and resolves the manifest. With `may_build`, a missing `.wasm` of a component
+    /// Parses and resolves the manifest, `rel` in the repository at `repo`, whose paths are
+    /// relative to its directory `root`. With `may_build`, a missing `.wasm` of a component
     /// with a build command is not an error yet (`spin build` will make it).
     pub(super) fn parse(
         rel: &str,
         text: &str,
+        repo: &Path,
         root: &Path,
         may_build: bool,
     ) -> Result<SpinApp, BuildError> {
@@ -334,7 +337,8 @@ impl SpinApp {
 
         let mut out = vec![];
         for (id, c) in components {
-            out.push(resolve_component(rel, root, &id, c, may_build)?);
+            let dirs = Dirs { repo, root };
+            out.push(resolve_component(rel, dirs, &id, c, may_build)?);
         }
         Ok(SpinApp {
             name: app.name,
@@ -355,7 +359,7 @@ impl SpinApp {
 
 fn resolve_component(
     rel: &str,
-    root: &Path,
+    dirs: Dirs<'_>,
     id: &str,
     c: RawComponent,
     may_build: bool,
@@ -379,9 +383,18 @@ fn resolve_component(
             )))
         }
     };
-    let source = safe_join(root, &source_rel, &format!("component {id} source"))?;
+    let source = paths::resolve_in(
+        dirs.repo,
+        dirs.root,
+        &format!("component {id} source"),
+        &source_rel,
+    )?;
     let has_build = c.build.as_ref().is_some_and(|b| b.get("command").is_some());
-    if !(source.is_file() || may_build && has_build) {
+    // A link to /dev/zero or a FIFO would never end; the real path must be a regular file.
+    let exists = paths::regular_file(dirs.repo, &source, &source_rel)
+        .map_err(|e| bad(format!("{rel}: component {id}: {e}")))?
+        .is_some();
+    if !(exists || may_build && has_build) {
         let how = match c
             .build
             .as_ref()
@@ -423,7 +436,7 @@ fn resolve_component(
     if let Some(b) = &c.build {
         metadata.insert("build".into(), json_table(b));
     }
-    let files = resolve_files(rel, root, id, &c.files, &c.exclude_files)?;
+    let files = resolve_files(rel, dirs, id, &c.files, &c.exclude_files)?;
     Ok(Component {
         id: id.to_owned(),
         source,
@@ -434,124 +447,4 @@ fn resolve_component(
         files,
         has_build,
     })
-}
-
-fn rel_string(p: &Path) -> String {
-    p.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let p = e.path();
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            walk_files(&p, out)?;
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-fn resolve_files(
-    rel: &str,
-    root: &Path,
-    id: &str,
-    mounts: &[RawMount],
-    exclude: &[String],
-) -> Result<Vec<(String, PathBuf)>, BuildError> {
-    let excludes = exclude
-        .iter()
-        .map(|p| {
-            glob::Pattern::new(p).map_err(|e| {
-                bad(format!(
-                    "{rel}: component {id}: exclude_files pattern {p:?} is invalid: {e}"
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let excluded = |app_rel: &Path| excludes.iter().any(|p| p.matches_path(app_rel));
-    let io = |what: &str, e: std::io::Error| {
-        bad(format!("{rel}: component {id}: cannot read {what}: {e}"))
-    };
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for m in mounts {
-        match m {
-            RawMount::Pattern(p) => {
-                let path = safe_join(root, p, &format!("component {id} files pattern"))?;
-                if path.is_dir() {
-                    let mut found = vec![];
-                    walk_files(&path, &mut found).map_err(|e| io(p, e))?;
-                    for f in found {
-                        let app_rel = f.strip_prefix(root).unwrap_or(&f).to_path_buf();
-                        if !excluded(&app_rel) {
-                            files.insert(rel_string(&app_rel), f);
-                        }
-                    }
-                } else if path.is_file() {
-                    files.insert(rel_string(Path::new(p.trim_start_matches("./"))), path);
-                } else if glob::Pattern::escape(p) != *p {
-                    let pattern = path.to_string_lossy().into_owned();
-                    let paths = glob::glob(&pattern).map_err(|e| {
-                        bad(format!(
-                            "{rel}: component {id}: files pattern {p:?} is invalid: {e}"
-                        ))
-                    })?;
-                    for f in paths.flatten() {
-                        if !f.is_file() {
-                            continue;
-                        }
-                        let Ok(app_rel) = f.strip_prefix(root).map(Path::to_path_buf) else {
-                            continue;
-                        };
-                        if !excluded(&app_rel) {
-                            files.insert(rel_string(&app_rel), f);
-                        }
-                    }
-                } else {
-                    return Err(bad(format!(
-                        "{rel}: component {id}: files entry {p:?} does not exist and is not a glob pattern: fix the path, or remove it from files"
-                    )));
-                }
-            }
-            RawMount::Placement {
-                source,
-                destination,
-            } => {
-                let src = safe_join(root, source, &format!("component {id} files source"))?;
-                let dest = destination.trim_start_matches('/');
-                if src.is_dir() {
-                    let mut found = vec![];
-                    walk_files(&src, &mut found).map_err(|e| io(source, e))?;
-                    for f in found {
-                        let inner = f.strip_prefix(&src).unwrap_or(&f);
-                        let guest = if dest.is_empty() {
-                            rel_string(inner)
-                        } else {
-                            format!("{}/{}", dest.trim_end_matches('/'), rel_string(inner))
-                        };
-                        files.insert(guest, f);
-                    }
-                } else if src.is_file() {
-                    if dest.is_empty() || dest.ends_with('/') {
-                        return Err(bad(format!(
-                            "{rel}: component {id}: \"{destination}\" is not a valid destination file name for the file {source}: name the file, like \"/static/{}\"",
-                            src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-                        )));
-                    }
-                    files.insert(dest.to_owned(), src);
-                } else {
-                    return Err(bad(format!(
-                        "{rel}: component {id}: files source {source:?} does not exist: fix the path"
-                    )));
-                }
-            }
-        }
-    }
-    Ok(files.into_iter().collect())
 }

@@ -26,12 +26,12 @@ use hephy_core::{
 use oci_spec::image::{Descriptor, MediaType};
 use serde::Deserialize;
 
-use crate::check::find_program;
-use crate::dockerfile::safe_join;
-use crate::exec;
+use crate::exec::{self, find_program};
+use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::layout::{to_oci_digest, OciLayout};
 
 mod artifact;
+mod files;
 mod manifest;
 
 use manifest::SpinApp;
@@ -133,18 +133,20 @@ impl SpinBackend {
             }
         };
         let rel = s.manifest.clone().unwrap_or_else(|| "spin.toml".into());
-        let path = safe_join(ctx.dir(), &rel, "[build.spin] manifest")?;
+        let path = paths::resolve(ctx.dir(), "[build.spin] manifest", &rel)?;
         Ok((s, format, path, rel))
     }
 
     /// Loads the app of `ctx`: its manifest resolved against the repository.
     fn load(&self, ctx: &BuildContext, may_build: bool) -> Result<SpinApp, BuildError> {
         let (_, _, path, rel) = Self::settings(ctx)?;
-        let text = std::fs::read_to_string(&path).map_err(|e| BuildError::InvalidContext {
-            problem: format!("cannot read the Spin manifest {rel}: {e}"),
+        let text = paths::read_text(ctx.dir(), &path, &rel, MANIFEST_LIMIT)?.ok_or_else(|| {
+            bad(format!(
+                "there is no Spin manifest {rel} in the repository: add one, or set [build.spin] manifest = \"path/to/spin.toml\""
+            ))
         })?;
         let root = path.parent().unwrap_or(ctx.dir()).to_path_buf();
-        SpinApp::parse(&rel, &text, &root, may_build)
+        SpinApp::parse(&rel, &text, ctx.dir(), &root, may_build)
     }
 }
 
@@ -170,7 +172,12 @@ impl Backend for SpinBackend {
         if !path.is_file() {
             return Detection::no("spin", format!("no {rel}"));
         }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // Unreadable (too big, a link out of the repository): still detected, so that `check`
+        // says why.
+        let text = paths::read_text(ctx.dir(), &path, &rel, MANIFEST_LIMIT)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let name = toml::from_str::<toml::Table>(&text).ok().and_then(|t| {
             t.get("application")
                 .and_then(|a| a.get("name"))

@@ -282,3 +282,64 @@ async fn missing_go_names_what_to_install() -> Result {
     );
     Ok(())
 }
+
+/// A push never chooses a program of its own to run on the server: a `[build.go] toolchain` in
+/// the repository (relative, absolute, or a name found through a `PATH` the push sets) is
+/// refused by `check` and by `build`, and the script never runs.
+#[tokio::test]
+async fn a_toolchain_in_the_repository_never_runs() -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("repo");
+    let marker = tmp.path().join("marker");
+    std::fs::create_dir_all(repo.join("bin"))?;
+    std::fs::write(repo.join("go.mod"), "module example.com/evil\n\ngo 1.21\n")?;
+    std::fs::write(repo.join("main.go"), "package main\n\nfunc main() {}\n")?;
+    let script = format!("#!/bin/sh\necho ran > '{}'\n", marker.display());
+    for f in ["evil.sh", "bin/go"] {
+        std::fs::write(repo.join(f), &script)?;
+        std::fs::set_permissions(repo.join(f), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let absolute = repo.join("evil.sh").display().to_string();
+    let cases = [
+        ("toolchain = \"./evil.sh\"".to_owned(), ""),
+        ("toolchain = \"bin/go\"".to_owned(), ""),
+        (format!("toolchain = {absolute:?}"), ""),
+        (
+            "toolchain = \"evil.sh\"".to_owned(),
+            "env = { PATH = \".:bin\" }",
+        ),
+    ];
+    let out = tmp.path().join("out");
+    for (toolchain, env) in &cases {
+        std::fs::write(
+            repo.join("hephy.toml"),
+            format!("[build]\n{env}\n[build.go]\n{toolchain}\n"),
+        )?;
+        let ctx = BuildContext::open(&repo)?;
+        let err = refusal(
+            &backend(),
+            &ctx,
+            &[Platform::linux_amd64()],
+            "a toolchain in the repository passed the check",
+        )
+        .await?;
+        let target = BuildTarget::new(Platform::linux_amd64(), out.clone());
+        let built = backend()
+            .build(&ctx, &target, &Events::discard())
+            .await
+            .err()
+            .ok_or("a toolchain in the repository was built with")?;
+        assert_eq!(built.to_string(), err.to_string(), "{toolchain}");
+        if toolchain.contains("./evil.sh") {
+            insta::assert_snapshot!("toolchain_in_the_repository", err.to_string());
+        }
+        let named = err
+            .to_string()
+            .starts_with("[build.go] toolchain must name a program");
+        let missing = matches!(err, BuildError::ToolMissing { .. });
+        assert!(named || missing, "{toolchain}: {err}");
+        assert!(!marker.exists(), "{toolchain}: the repository's script ran");
+    }
+    Ok(())
+}

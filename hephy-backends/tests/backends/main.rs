@@ -5,6 +5,7 @@ mod check;
 mod dockerfile;
 mod files;
 mod go;
+mod paths;
 mod registry;
 mod sandbox;
 mod spin;
