@@ -19,7 +19,8 @@
 //! member), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
 //! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
 //! output is kept in the hephy cache dir (`cargo-target/PACKAGE`), so rebuilds are incremental.
-//! `cargo` is the one on the server's `PATH`.
+//! `cargo` is the one on the server's `PATH`; a `rust-toolchain.toml` that names a toolchain by
+//! `path` is refused, as rustup would run that directory's programs.
 
 use std::path::{Path, PathBuf};
 
@@ -497,6 +498,7 @@ impl CargoBackend {
         }
         let locked =
             paths::regular_file(ctx.dir(), &ctx.dir().join("Cargo.lock"), "Cargo.lock")?.is_some();
+        check_toolchain_file(ctx)?;
         let cargo = find_program("cargo").ok_or_else(|| BuildError::ToolMissing {
             tool: "cargo".into(),
             hint: INSTALL_HINT.into(),
@@ -527,6 +529,28 @@ struct Plan {
     cargo: PathBuf,
     /// Whether there is a `Cargo.lock` (a regular file inside the repository).
     locked: bool,
+}
+
+/// Refuses a rustup toolchain file that names a toolchain by path: rustup's `cargo` and
+/// `rustc` would run the programs of that directory, which a push chooses.
+fn check_toolchain_file(ctx: &BuildContext) -> Result<(), BuildError> {
+    for name in ["rust-toolchain.toml", "rust-toolchain"] {
+        let Some(bytes) = paths::read(ctx.dir(), name, MANIFEST_LIMIT)? else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let by_path = match toml::from_str::<toml::Table>(&text) {
+            Ok(t) => t.get("toolchain").and_then(|t| t.get("path")).is_some(),
+            // The old format: one line naming the toolchain.
+            Err(_) => text.trim().contains('/'),
+        };
+        if by_path {
+            return Err(bad(format!(
+                "{name} names a toolchain by path, and hephy builds with the toolchains the server's admin installed: name a channel such as channel = \"stable\", or remove the path"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -21,7 +21,9 @@
 //!
 //! Base images: `FROM scratch`, earlier stages, images buildah pulls from a registry (with its
 //! usual credentials, `REGISTRY_AUTH_FILE`), or an OCI layout in the repository as
-//! `FROM oci:DIR:TAG` (relative to the repository root).
+//! `FROM oci:DIR:TAG` (relative to the repository root, and inside it after following
+//! symlinks). Transports that read images already on the server (`containers-storage:`,
+//! `docker-daemon:`) are refused: the builder's store holds other apps' images too.
 //!
 //! buildah runs with a storage root of its own under the hephy cache directory (never the
 //! system's), the `overlay` driver when the kernel lets it mount one there and `vfs` otherwise,
@@ -39,6 +41,7 @@ use tokio::sync::OnceCell;
 use crate::check::host_can_run;
 use crate::paths::{self, MANIFEST_LIMIT};
 
+mod bases;
 mod drivers;
 mod parse;
 mod settings;
@@ -218,6 +221,7 @@ impl DockerfileBackend {
                 problem: format!("{rel}: {e}"),
             }
         })?;
+        bases::check(ctx, &rel, &df, &needed, &settings.args)?;
         for &i in &needed {
             let stage = &df.stages[i];
             for ins in &stage.instructions {

@@ -10,6 +10,8 @@ use hephy_core::Platform;
 pub(crate) struct Dockerfile {
     /// The `# syntax=` directive, if any.
     pub syntax: Option<String>,
+    /// `ARG`s before the first `FROM` (the only ones `FROM` may use), with their defaults.
+    pub global_args: Vec<(String, Option<String>)>,
     /// The stages, in order.
     pub stages: Vec<DfStage>,
 }
@@ -17,6 +19,8 @@ pub(crate) struct Dockerfile {
 /// One `FROM` stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct DfStage {
+    /// 1-based line of its `FROM`.
+    pub line: usize,
     /// `AS name`.
     pub name: Option<String>,
     /// The image or stage it starts from.
@@ -194,6 +198,7 @@ impl Dockerfile {
                 };
                 let platform = ins.flag_values("platform").next().map(str::to_owned);
                 df.stages.push(DfStage {
+                    line: start,
                     name,
                     base,
                     platform,
@@ -202,7 +207,15 @@ impl Dockerfile {
             } else {
                 match df.stages.last_mut() {
                     Some(s) => s.instructions.push(ins),
-                    None if keyword == "ARG" => {}
+                    None if keyword == "ARG" => {
+                        for word in ins.args.split_whitespace() {
+                            let (name, default) = match word.split_once('=') {
+                                Some((n, d)) => (n, Some(d.trim_matches(|c| c == '"' || c == '\'').to_owned())),
+                                None => (word, None),
+                            };
+                            df.global_args.push((name.to_owned(), default));
+                        }
+                    }
                     None => {
                         return Err(format!(
                             "{start}: {keyword} comes before the first FROM: start the Dockerfile with FROM (only ARG may come before it)"
@@ -220,7 +233,7 @@ impl Dockerfile {
         Ok(df)
     }
 
-    fn stage_index(&self, name_or_index: &str, before: usize) -> Option<usize> {
+    pub(super) fn stage_index(&self, name_or_index: &str, before: usize) -> Option<usize> {
         let n = name_or_index.to_ascii_lowercase();
         if let Some(i) = self.stages[..before]
             .iter()
@@ -330,4 +343,58 @@ pub(super) fn mount_type(spec: &str) -> &str {
     spec.split(',')
         .find_map(|kv| kv.trim().strip_prefix("type="))
         .unwrap_or("bind")
+}
+
+/// `text` with `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:+word}` replaced from `vars`
+/// (a name without a value becomes empty, as builders do); `None` for any other form, whose
+/// result hephy cannot tell.
+pub(crate) fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '$' if chars.peek() == Some(&'{') => {
+                chars.next();
+                let mut inner = String::new();
+                loop {
+                    match chars.next()? {
+                        '}' => break,
+                        c => inner.push(c),
+                    }
+                }
+                let name_end = inner.find(|c: char| !is_name(c)).unwrap_or(inner.len());
+                let (name, op) = inner.split_at(name_end);
+                let value = vars(name).filter(|v| !v.is_empty());
+                match op {
+                    "" => out.push_str(&value.unwrap_or_default()),
+                    _ if op.starts_with(":-") => {
+                        let word = expand(&op[2..], vars)?;
+                        out.push_str(&value.unwrap_or(word));
+                    }
+                    _ if op.starts_with(":+") => {
+                        if value.is_some() {
+                            out.push_str(&expand(&op[2..], vars)?);
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            '$' if chars.peek().is_some_and(|c| is_name(*c)) => {
+                let mut name = String::new();
+                while let Some(c) = chars.peek().copied().filter(|c| is_name(*c)) {
+                    name.push(c);
+                    chars.next();
+                }
+                out.push_str(&vars(&name).unwrap_or_default());
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }

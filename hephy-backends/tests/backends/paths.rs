@@ -343,3 +343,64 @@ async fn cargo_and_spin_read_their_manifests_only_from_inside() -> TestResult {
     insta::assert_snapshot!("spin_file_symlink", err.to_string());
     Ok(())
 }
+
+#[tokio::test]
+async fn dockerfile_bases_must_be_in_the_repository() -> TestResult {
+    for (dockerfile, expected) in [
+        (
+            "FROM containers-storage:localhost/hephy-build/another-app:linux-amd64\n",
+            "reads an image already on the build server",
+        ),
+        (
+            "FROM oci:../../elsewhere:latest\n",
+            "points outside the repository",
+        ),
+        (
+            "ARG BASE=oci:/var/lib/containers\nFROM ${BASE}\n",
+            "points outside the repository",
+        ),
+        (
+            "FROM oci:base:latest\n",
+            "leads outside the repository through a symlink",
+        ),
+    ] {
+        let dir = repo(&[("Dockerfile", dockerfile)])?;
+        symlink("/var", dir.path().join("base"))?;
+        let err = refusal(
+            &DockerfileBackend::new(),
+            &ctx(dir.path())?,
+            &[Platform::host()],
+            "a base outside the repository passed the check",
+        )
+        .await?;
+        assert!(err.to_string().contains(expected), "{dockerfile}: {err}");
+        if dockerfile.starts_with("FROM containers-storage") {
+            insta::assert_snapshot!("dockerfile_containers_storage", err.to_string());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn cargo_refuses_a_rust_toolchain_named_by_path() -> TestResult {
+    let dir = repo(&[
+        (
+            "Cargo.toml",
+            "[package]\nname = \"a\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        ),
+        ("src/main.rs", "fn main() {}\n"),
+        (
+            "rust-toolchain.toml",
+            "[toolchain]\npath = \"./evil-toolchain\"\n",
+        ),
+    ])?;
+    let err = refusal(
+        &CargoBackend::new(),
+        &ctx(dir.path())?,
+        &[Platform::linux_amd64()],
+        "a toolchain in the repository passed the check",
+    )
+    .await?;
+    insta::assert_snapshot!("cargo_toolchain_path", err.to_string());
+    Ok(())
+}
