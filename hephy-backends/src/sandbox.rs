@@ -249,7 +249,7 @@ impl Sandbox {
     /// `scratch`. Fails when a program it needs is missing or the server is not root.
     pub fn new(policy: SandboxPolicy, scratch: impl Into<PathBuf>) -> Result<Self, SandboxError> {
         let find = |program: &'static str, package: &'static str| {
-            crate::check::find_program(program).ok_or(SandboxError::Missing { program, package })
+            crate::exec::find_program(program).ok_or(SandboxError::Missing { program, package })
         };
         let sandbox = Sandbox {
             bwrap: find("bwrap", "bubblewrap")?,
