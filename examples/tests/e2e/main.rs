@@ -1,6 +1,7 @@
 //! End-to-end tests of the product: `hephy-server` and the `hephy` CLI as built binaries, with the
 //! real `git` and OpenSSH clients, Debian's docker-registry, go, runc and qemu-user-static.
 
+mod attacks;
 mod cli;
 mod push;
 mod support;

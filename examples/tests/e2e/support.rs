@@ -24,6 +24,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Result<Server> {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables for the server process.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server> {
         let data = dir.join("data");
         let (http, ssh) = (free_addr()?, free_addr()?);
         let log = dir.join("server.log");
@@ -33,6 +38,7 @@ impl Server {
             .args(extra)
             .env("HOME", dir)
             .env("GOPROXY", "off")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(dir.join("server.err.log"))?)
             .spawn()?;
