@@ -6,7 +6,6 @@
 //! most confident answer; ties go to the earlier backend. A `Dockerfile` wins over everything,
 //! because a repository that has one says exactly how it wants to be built.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -415,81 +414,156 @@ fn go_build_constraint_ok(src: &str) -> bool {
     true
 }
 
+/// The longest `//go:build` expression evaluated. Real ones are a line of a few hundred bytes;
+/// a longer one is treated like a malformed one.
+const MAX_CONSTRAINT_BYTES: usize = 16 * 1024;
+
+/// A token of a `//go:build` expression, its tags already evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tok {
+    Not,
+    And,
+    Or,
+    Open,
+    Close,
+    Tag(bool),
+}
+
+/// Evaluates a `//go:build` expression for Linux with cgo off; `None` when it is malformed or
+/// longer than [`MAX_CONSTRAINT_BYTES`], which the caller takes as "not excluded" (the file is
+/// scanned): Go itself refuses such a file, so the build fails there with Go's own message.
+///
+/// An operator-precedence parse with explicit stacks: a pushed file decides how deep `!` and
+/// parentheses nest, so recursion would let it overflow the server's stack.
 fn eval_constraint(expr: &str) -> Option<bool> {
-    let mut tokens = VecDeque::new();
-    let mut chars = expr.chars().peekable();
-    while let Some(&c) = chars.peek() {
+    if expr.len() > MAX_CONSTRAINT_BYTES {
+        return None;
+    }
+    let tokens = constraint_tokens(expr)?;
+    let mut values: Vec<bool> = vec![];
+    let mut ops: Vec<Tok> = vec![];
+    let mut want_operand = true;
+    for tok in tokens {
+        match (want_operand, tok) {
+            (true, Tok::Not | Tok::Open) => ops.push(tok),
+            (true, Tok::Tag(v)) => {
+                values.push(v);
+                apply_nots(&mut ops, &mut values)?;
+                want_operand = false;
+            }
+            (false, Tok::And | Tok::Or) => {
+                // `&&` binds tighter than `||`; both group from the left.
+                while let Some(&top) = ops.last() {
+                    if top == Tok::And || (top == Tok::Or && tok == Tok::Or) {
+                        ops.pop();
+                        apply_binary(top, &mut values)?;
+                    } else {
+                        break;
+                    }
+                }
+                ops.push(tok);
+                want_operand = true;
+            }
+            (false, Tok::Close) => {
+                loop {
+                    match ops.pop()? {
+                        Tok::Open => break,
+                        op => apply_binary(op, &mut values)?,
+                    }
+                }
+                apply_nots(&mut ops, &mut values)?;
+            }
+            _ => return None,
+        }
+    }
+    if want_operand {
+        return None;
+    }
+    while let Some(op) = ops.pop() {
+        if op == Tok::Open {
+            return None;
+        }
+        apply_binary(op, &mut values)?;
+    }
+    match values[..] {
+        [v] => Some(v),
+        _ => None,
+    }
+}
+
+/// Applies the `!`s waiting for the operand that just ended on top of `values`.
+fn apply_nots(ops: &mut Vec<Tok>, values: &mut [bool]) -> Option<()> {
+    while ops.last() == Some(&Tok::Not) {
+        ops.pop();
+        let v = values.last_mut()?;
+        *v = !*v;
+    }
+    Some(())
+}
+
+fn apply_binary(op: Tok, values: &mut Vec<bool>) -> Option<()> {
+    let r = values.pop()?;
+    let l = values.pop()?;
+    values.push(match op {
+        Tok::And => l && r,
+        Tok::Or => l || r,
+        _ => return None,
+    });
+    Some(())
+}
+
+fn constraint_tokens(expr: &str) -> Option<Vec<Tok>> {
+    let mut tokens = vec![];
+    let mut chars = expr.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
         match c {
             ' ' | '\t' => {
                 chars.next();
             }
             '(' | ')' | '!' => {
-                tokens.push_back(c.to_string());
+                tokens.push(match c {
+                    '(' => Tok::Open,
+                    ')' => Tok::Close,
+                    _ => Tok::Not,
+                });
                 chars.next();
             }
             '&' | '|' => {
                 chars.next();
-                if chars.next() != Some(c) {
+                if chars.next().map(|(_, d)| d) != Some(c) {
                     return None;
                 }
-                tokens.push_back(format!("{c}{c}"));
+                tokens.push(if c == '&' { Tok::And } else { Tok::Or });
             }
             _ => {
-                let mut w = String::new();
-                while let Some(&c) = chars.peek() {
+                let mut end = start;
+                while let Some(&(i, c)) = chars.peek() {
                     if c.is_alphanumeric() || c == '_' || c == '.' {
-                        w.push(c);
+                        end = i + c.len_utf8();
                         chars.next();
                     } else {
                         break;
                     }
                 }
-                if w.is_empty() {
+                if end == start {
                     return None;
                 }
-                tokens.push_back(w);
+                tokens.push(Tok::Tag(constraint_tag(&expr[start..end])));
             }
         }
     }
-    let v = parse_or(&mut tokens)?;
-    tokens.is_empty().then_some(v)
+    Some(tokens)
 }
 
-fn parse_or(t: &mut VecDeque<String>) -> Option<bool> {
-    let mut v = parse_and(t)?;
-    while t.front().map(String::as_str) == Some("||") {
-        t.pop_front();
-        let r = parse_and(t)?;
-        v = v || r;
-    }
-    Some(v)
-}
-
-fn parse_and(t: &mut VecDeque<String>) -> Option<bool> {
-    let mut v = parse_not(t)?;
-    while t.front().map(String::as_str) == Some("&&") {
-        t.pop_front();
-        let r = parse_not(t)?;
-        v = v && r;
-    }
-    Some(v)
-}
-
-fn parse_not(t: &mut VecDeque<String>) -> Option<bool> {
-    match t.pop_front()?.as_str() {
-        "!" => parse_not(t).map(|v| !v),
-        "(" => {
-            let v = parse_or(t)?;
-            (t.pop_front()?.as_str() == ")").then_some(v)
-        }
-        tag => Some(match tag {
-            "linux" | "unix" | "gc" => true,
-            "cgo" => false,
-            // Any architecture may be asked for; a file for one of them counts.
-            a if GOARCH.contains(&a) => true,
-            g if g.starts_with("go1.") => true,
-            _ => false,
-        }),
+/// Whether a build tag holds for Linux, any architecture, with cgo off.
+fn constraint_tag(tag: &str) -> bool {
+    match tag {
+        "linux" | "unix" | "gc" => true,
+        "cgo" => false,
+        // Any architecture may be asked for; a file for one of them counts.
+        a if GOARCH.contains(&a) => true,
+        g if g.starts_with("go1.") => true,
+        _ => false,
     }
 }
 

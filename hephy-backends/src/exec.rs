@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use hephy_core::{BuildError, Events};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 /// How many output lines [`run`] keeps for the error message by default.
@@ -231,6 +231,10 @@ pub async fn run(
     }
 }
 
+/// The longest line [`run`] passes on: a tool that prints more without a newline has its output
+/// split into lines of this size, so no output can make one line exhaust memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 async fn pump<R: AsyncRead + Unpin>(
     r: Option<R>,
     events: Events,
@@ -238,9 +242,12 @@ async fn pump<R: AsyncRead + Unpin>(
     keep: usize,
 ) {
     let Some(r) = r else { return };
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        events.log(&line);
+    let mut reader = BufReader::new(r);
+    // Reading stops only at the end of the output: a pump that stopped early would close the
+    // pipe and kill the tool with SIGPIPE.
+    while let Some(line) = next_line(&mut reader).await {
+        // Waits while the pusher is behind, which in turn makes the tool wait on a full pipe.
+        events.log_async(&line).await;
         if keep > 0 {
             if let Ok(mut t) = tail.lock() {
                 if t.len() == keep {
@@ -250,4 +257,46 @@ async fn pump<R: AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// The next line of `r` without its `\n`, bytes that are not UTF-8 replaced, at most
+/// [`MAX_LINE_BYTES`] long; `None` at the end of the output or when reading fails.
+async fn next_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Option<String> {
+    let mut line = Vec::new();
+    loop {
+        let chunk = match r.fill_buf().await {
+            Ok(c) => c,
+            Err(_) if !line.is_empty() => break,
+            Err(_) => return None,
+        };
+        if chunk.is_empty() {
+            if line.is_empty() {
+                return None;
+            }
+            break;
+        }
+        let room = MAX_LINE_BYTES - line.len();
+        match chunk.iter().take(room).position(|b| *b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&chunk[..i]);
+                r.consume(i + 1);
+                break;
+            }
+            None => {
+                let n = chunk.len().min(room);
+                line.extend_from_slice(&chunk[..n]);
+                r.consume(n);
+                if line.len() == MAX_LINE_BYTES {
+                    // A newline right after a full line ends it, rather than an empty one.
+                    if let Ok(next) = r.fill_buf().await {
+                        if next.first() == Some(&b'\n') {
+                            r.consume(1);
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
 }

@@ -1,10 +1,11 @@
 //! Events: every log line, stage boundary and warning of a pipeline run, as it happens.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::Platform;
 
@@ -176,13 +177,49 @@ pub fn format_elapsed(d: Duration) -> String {
 enum Sink {
     Discard,
     Channel(mpsc::UnboundedSender<Event>),
+    Bounded(mpsc::UnboundedSender<Event>, Arc<Room>),
     Fn(Arc<dyn Fn(Event) + Send + Sync>),
+}
+
+/// The room left in the queue of [`Events::bounded`].
+///
+/// Every queued event holds a place: a permit taken from `free`, or, when [`Events::send`]
+/// found none (it never waits), a place counted in `over`. The reader gives places back as it
+/// takes events, paying off `over` first, so the queue holds at most `capacity` events plus
+/// what the non-waiting senders added.
+#[derive(Debug)]
+struct Room {
+    free: Semaphore,
+    over: AtomicUsize,
+}
+
+impl Room {
+    fn take_now(&self) {
+        match self.free.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                self.over.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn give_back(&self) {
+        let paid_off = self
+            .over
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| o.checked_sub(1))
+            .is_ok();
+        if !paid_off {
+            self.free.add_permits(1);
+        }
+    }
 }
 
 /// A cheap, cloneable handle that sends events to whoever watches a run.
 ///
 /// It remembers a stage and a platform, so a backend only says `events.log("...")`.
-/// Sending never blocks and never fails: when nobody listens, events are dropped.
+/// Sending never blocks and never fails: when nobody listens, events are dropped. Only the
+/// async methods ([`Events::log_async`], [`Events::send_async`]) wait, and only for the reader of
+/// [`Events::bounded`].
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -211,21 +248,40 @@ impl fmt::Debug for Events {
     }
 }
 
-/// The receiving end of [`Events::channel`].
+/// The receiving end of [`Events::channel`] and [`Events::bounded`].
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<Event>,
+    room: Option<Arc<Room>>,
 }
 
 impl EventStream {
     /// The next event; `None` once every [`Events`] handle is dropped.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        let event = self.rx.recv().await;
+        self.taken(event)
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        let event = self.rx.try_recv().ok();
+        self.taken(event)
+    }
+
+    fn taken(&self, event: Option<Event>) -> Option<Event> {
+        if let (Some(_), Some(room)) = (&event, &self.room) {
+            room.give_back();
+        }
+        event
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        // Senders waiting for room must not wait for a reader that is gone.
+        if let Some(room) = &self.room {
+            room.free.close();
+        }
     }
 }
 
@@ -233,7 +289,47 @@ impl Events {
     /// A handle whose events go to the returned stream.
     pub fn channel() -> (Events, EventStream) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Events::with_sink(Sink::Channel(tx)), EventStream { rx })
+        (
+            Events::with_sink(Sink::Channel(tx)),
+            EventStream { rx, room: None },
+        )
+    }
+
+    /// A handle whose events go to the returned stream, for a reader that may fall behind (a
+    /// pusher on a slow connection): [`Events::send_async`] and [`Events::log_async`] wait while
+    /// `capacity` events are unread, so the producer slows down instead of the queue growing.
+    ///
+    /// [`Events::send`], [`Events::log`] and [`Events::warn`] never wait: what they send takes a
+    /// place in the queue when there is one and goes over the bound when there is none, rather
+    /// than be lost. Use them for the lines the code writes (a few per stage), and the async
+    /// methods for output whose volume the input decides, such as a build tool's lines. Once
+    /// the stream is dropped nothing waits any more.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use hephy_core::Events;
+    /// let (events, mut stream) = Events::bounded(1);
+    /// events.log_async("first").await;
+    /// // A second line would wait here until the reader takes the first.
+    /// let writer = tokio::spawn(async move { events.log_async("second").await });
+    /// assert_eq!(stream.recv().await.unwrap().render(), "       first");
+    /// assert_eq!(stream.recv().await.unwrap().render(), "       second");
+    /// writer.await.unwrap();
+    /// # }
+    /// ```
+    pub fn bounded(capacity: usize) -> (Events, EventStream) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Room {
+            free: Semaphore::new(capacity.clamp(1, Semaphore::MAX_PERMITS)),
+            over: AtomicUsize::new(0),
+        });
+        (
+            Events::with_sink(Sink::Bounded(tx, room.clone())),
+            EventStream {
+                rx,
+                room: Some(room),
+            },
+        )
     }
 
     /// A handle that calls `f` for every event, on the sender's thread.
@@ -292,17 +388,40 @@ impl Events {
             Sink::Channel(tx) => {
                 let _ = tx.send(event);
             }
+            Sink::Bounded(tx, room) => {
+                room.take_now();
+                let _ = tx.send(event);
+            }
             Sink::Fn(f) => f(event),
         }
     }
 
+    /// [`Events::send`] that first waits for room in the queue of [`Events::bounded`]; the same
+    /// as [`Events::send`] for every other handle.
+    pub async fn send_async(&self, event: Event) {
+        if let Sink::Bounded(tx, room) = &self.sink {
+            // An error means the stream is gone; the send below then drops the event.
+            if let Ok(permit) = room.free.acquire().await {
+                permit.forget();
+            }
+            let _ = tx.send(event);
+            return;
+        }
+        self.send(event);
+    }
+
     /// Sends a log line (a trailing line ending is removed; embedded newlines split the line).
     pub fn log(&self, line: impl AsRef<str>) {
-        let line = line.as_ref();
-        for l in line.trim_end_matches(['\r', '\n']).split('\n') {
-            self.emit(EventKind::Log {
-                line: l.trim_end_matches('\r').to_owned(),
-            });
+        for line in split_lines(line.as_ref()) {
+            self.emit(EventKind::Log { line });
+        }
+    }
+
+    /// [`Events::log`] that waits for room in the queue of [`Events::bounded`] before each line.
+    pub async fn log_async(&self, line: impl AsRef<str>) {
+        for line in split_lines(line.as_ref()) {
+            let event = Event::new(self.stage, self.platform.clone(), EventKind::Log { line });
+            self.send_async(event).await;
         }
     }
 
@@ -312,4 +431,11 @@ impl Events {
             message: message.into(),
         });
     }
+}
+
+fn split_lines(line: &str) -> Vec<String> {
+    line.trim_end_matches(['\r', '\n'])
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .collect()
 }

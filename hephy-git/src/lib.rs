@@ -47,6 +47,7 @@ pub use receive::ReceiveError;
 pub use repo::{repo_path, RepoPathError};
 pub use server::{
     AppError, GitServer, GitServerBuilder, ServerBuildError, UrlHook, DEFAULT_KEEPALIVE,
-    DEFAULT_MAX_PUSH_BYTES,
+    DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_OPTIONS, DEFAULT_MAX_PUSH_OPTIONS_BYTES,
+    DEFAULT_MAX_REF_UPDATES, DEFAULT_MAX_REF_UPDATE_BYTES,
 };
 pub use source::GitSource;

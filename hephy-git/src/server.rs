@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{Accounts, AuthError, User};
 use crate::lock::PushLocks;
+use crate::receive::commands::Limits;
 use crate::receive::{self, Mode, ReceiveError};
 use crate::repo::Repos;
 use crate::source::GitSource;
@@ -24,6 +25,18 @@ pub const DEFAULT_MAX_PUSH_BYTES: u64 = 2 << 30;
 /// The default interval of keepalive lines during silent stages.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// The default number of ref updates one push may carry: 1,000.
+pub const DEFAULT_MAX_REF_UPDATES: usize = 1000;
+
+/// The default length of one ref-update pkt-line, capabilities included: 4 KiB.
+pub const DEFAULT_MAX_REF_UPDATE_BYTES: usize = 4096;
+
+/// The default number of push options (`git push -o`) one push may carry: 100.
+pub const DEFAULT_MAX_PUSH_OPTIONS: usize = 100;
+
+/// The default size of all push options of one push together: 64 KiB.
+pub const DEFAULT_MAX_PUSH_OPTIONS_BYTES: usize = 64 * 1024;
+
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     pub(crate) repos: Repos,
@@ -34,6 +47,7 @@ pub(crate) struct Inner {
     pub(crate) max_push_bytes: u64,
     pub(crate) keepalive: Duration,
     pub(crate) build_timeout: Option<Duration>,
+    pub(crate) limits: Limits,
     pub(crate) locks: PushLocks,
     pub(crate) url_hook: Option<UrlHook>,
 }
@@ -127,7 +141,17 @@ pub enum AppError {
     Accounts(#[from] AuthError),
 }
 
+/// The shortest `max_ref_update_bytes` the builder accepts: two ids, a short ref name and the
+/// capabilities git sends.
+const MIN_REF_UPDATE_BYTES: usize = 512;
+
 /// Builds a [`GitServer`]; see [`GitServer::builder`].
+///
+/// What a push sends before its pack is bounded ([`GitServerBuilder::max_ref_updates`],
+/// [`GitServerBuilder::max_ref_update_bytes`], [`GitServerBuilder::max_push_options`],
+/// [`GitServerBuilder::max_push_options_bytes`]) and so is the pack
+/// ([`GitServerBuilder::max_push_bytes`]): a push over a limit is refused with a message that
+/// names the limit, and the server goes on serving.
 pub struct GitServerBuilder {
     data_dir: PathBuf,
     pipeline: Option<Arc<Pipeline>>,
@@ -137,6 +161,10 @@ pub struct GitServerBuilder {
     keepalive: Duration,
     build_timeout: Option<Duration>,
     url_hook: Option<UrlHook>,
+    max_ref_updates: usize,
+    max_ref_update_bytes: usize,
+    max_push_options: usize,
+    max_push_options_bytes: usize,
 }
 
 impl fmt::Debug for GitServerBuilder {
@@ -172,6 +200,35 @@ impl GitServerBuilder {
     /// The largest pack one push may send (default 2 GiB).
     pub fn max_push_bytes(mut self, limit: u64) -> Self {
         self.max_push_bytes = limit;
+        self
+    }
+
+    /// The most ref updates (branches and tags created, moved or deleted) one push may carry
+    /// (default 1,000). A push with more is refused before its pack is read, and the pusher is
+    /// told the number and the limit.
+    pub fn max_ref_updates(mut self, limit: usize) -> Self {
+        self.max_ref_updates = limit;
+        self
+    }
+
+    /// The longest pkt-line of one ref update, the capabilities of the first included (default
+    /// 4 KiB; a ref update is about 100 bytes plus the ref's name). Longer lines refuse the push.
+    pub fn max_ref_update_bytes(mut self, limit: usize) -> Self {
+        self.max_ref_update_bytes = limit;
+        self
+    }
+
+    /// The most push options (`git push -o`) one push may carry (default 100; 0 refuses every
+    /// push that sends one). More refuse the push.
+    pub fn max_push_options(mut self, limit: usize) -> Self {
+        self.max_push_options = limit;
+        self
+    }
+
+    /// The most bytes the push options of one push may take together (default 64 KiB). More
+    /// refuse the push.
+    pub fn max_push_options_bytes(mut self, limit: usize) -> Self {
+        self.max_push_options_bytes = limit;
         self
     }
 
@@ -211,6 +268,18 @@ impl GitServerBuilder {
                 "max_push_bytes is 0, so no push could succeed: set a positive limit".into(),
             ));
         }
+        if self.max_ref_updates == 0 {
+            return Err(ServerBuildError::Setting(
+                "max_ref_updates is 0, so no push could succeed: set a positive limit such as 1000"
+                    .into(),
+            ));
+        }
+        if self.max_ref_update_bytes < MIN_REF_UPDATE_BYTES {
+            return Err(ServerBuildError::Setting(format!(
+                "max_ref_update_bytes is {}, too short for a ref update with git's capabilities: set at least {MIN_REF_UPDATE_BYTES}",
+                self.max_ref_update_bytes
+            )));
+        }
         if self.keepalive.is_zero() {
             return Err(ServerBuildError::Setting(
                 "the keepalive interval is 0: use a positive interval such as 10s".into(),
@@ -233,6 +302,13 @@ impl GitServerBuilder {
                 max_push_bytes: self.max_push_bytes,
                 keepalive: self.keepalive,
                 build_timeout: self.build_timeout,
+                limits: Limits {
+                    ref_updates: self.max_ref_updates,
+                    ref_update_bytes: self.max_ref_update_bytes,
+                    push_options: self.max_push_options,
+                    push_options_bytes: self.max_push_options_bytes,
+                    count_bytes: self.max_push_bytes,
+                },
                 url_hook: self.url_hook,
             }),
         })
@@ -251,6 +327,10 @@ impl GitServer {
             keepalive: DEFAULT_KEEPALIVE,
             build_timeout: None,
             url_hook: None,
+            max_ref_updates: DEFAULT_MAX_REF_UPDATES,
+            max_ref_update_bytes: DEFAULT_MAX_REF_UPDATE_BYTES,
+            max_push_options: DEFAULT_MAX_PUSH_OPTIONS,
+            max_push_options_bytes: DEFAULT_MAX_PUSH_OPTIONS_BYTES,
         }
     }
 

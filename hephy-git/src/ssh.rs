@@ -475,6 +475,8 @@ async fn serve_push(
                     | ReceiveError::Forbidden { .. }
                     | ReceiveError::Locked(_)
                     | ReceiveError::Connection(_)
+                    | ReceiveError::Limit { .. }
+                    | ReceiveError::Internal { .. }
             );
             if !told {
                 let _ = write_half

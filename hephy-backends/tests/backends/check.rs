@@ -139,3 +139,70 @@ async fn kaniko_configurations_are_explained_with_warnings() -> TestResult {
     insta::assert_snapshot!(explained(dir.path()).await?);
     Ok(())
 }
+
+/// Whether `check_go_cgo` counts a cgo file whose first line is `//go:build EXPR` (counted:
+/// built for Linux with cgo off, or a constraint that cannot be evaluated).
+fn cgo_file_counted(expr: &str) -> Result<bool, Box<dyn std::error::Error>> {
+    let src = format!("//go:build {expr}\n\npackage native\n\nimport \"C\"\n");
+    let dir = repo(&[
+        ("go.mod", "module example.com/cgo\n\ngo 1.19\n"),
+        ("main.go", GO_MAIN),
+        ("native/native.go", &src),
+    ])?;
+    Ok(check_go_cgo(&BuildContext::open(dir.path())?).is_err())
+}
+
+/// A `//go:build` line with 200,000 `!` used to overflow the server's stack in a recursive
+/// parser and abort the whole server. The evaluation keeps its stacks on the heap; lines longer
+/// than its cap (16 KiB) are treated as malformed: the file counts, as it is not excluded.
+#[test]
+fn go_build_constraints_of_any_depth_or_length_are_safe() -> TestResult {
+    let cases: Vec<(String, bool)> = vec![
+        // Precedence and grouping, as Go reads them.
+        ("linux && !cgo".into(), true),
+        ("cgo || windows".into(), false),
+        ("linux && cgo || amd64".into(), true),
+        ("linux && (cgo || windows)".into(), false),
+        ("!linux || !cgo && windows".into(), false),
+        (
+            "!(linux && cgo) && (windows || arm64 && go1.21)".into(),
+            true,
+        ),
+        // Malformed: the file counts.
+        ("linux &&".into(), true),
+        ("(cgo".into(), true),
+        ("cgo)".into(), true),
+        ("cgo linux".into(), true),
+        ("cgo & linux".into(), true),
+        ("()".into(), true),
+        // Deep, within the cap: evaluated.
+        (format!("{}cgo", "!".repeat(10_000)), false),
+        (format!("{}cgo", "!".repeat(9_999)), true),
+        (
+            format!("{}cgo{}", "(".repeat(5_000), ")".repeat(5_000)),
+            false,
+        ),
+        (
+            format!("{}linux{}", "!(".repeat(4_001), ")".repeat(4_001)),
+            false,
+        ),
+        // Over the cap: not evaluated, the file counts.
+        (format!("{}linux", "!".repeat(200_000)), true),
+        (format!("{}cgo", "!".repeat(200_000)), true),
+        (
+            format!("{}cgo{}", "(".repeat(100_000), ")".repeat(100_000)),
+            true,
+        ),
+        (format!("{}cgo", "cgo || ".repeat(10 << 20 >> 3)), true),
+    ];
+    for (expr, counted) in &cases {
+        let shown: String = expr.chars().take(60).collect();
+        assert_eq!(
+            cgo_file_counted(expr)?,
+            *counted,
+            "//go:build {shown}... ({} bytes)",
+            expr.len()
+        );
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod cargo;
 mod check;
 mod dockerfile;
+mod exec;
 mod files;
 mod go;
 mod paths;

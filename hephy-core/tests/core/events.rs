@@ -137,3 +137,51 @@ impl DiscardCheck for Events {
         assert!(d.platform().is_none());
     }
 }
+
+#[tokio::test]
+async fn a_bounded_stream_makes_async_senders_wait_and_never_loses_lines() -> crate::Result {
+    let (events, mut stream) = Events::bounded(2);
+    let build = events.with_stage(Stage::Build);
+    build.log_async("one").await;
+    build.log_async("two").await;
+    // The queue is full: a third line waits for the reader.
+    let third = build.log_async("three");
+    tokio::pin!(third);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut third)
+            .await
+            .is_err(),
+        "log_async did not wait for room in a full queue"
+    );
+    // Lines the code sends without waiting go over the bound rather than be lost.
+    build.warn("careful");
+    let first = stream.recv().await.map(|e| e.render());
+    assert_eq!(first.as_deref(), Some("       one"));
+    // One place was freed, but it pays off the warning that went over: still no room.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut third)
+            .await
+            .is_err(),
+        "log_async got a place that the over-the-bound warning held"
+    );
+    assert_eq!(
+        stream.recv().await.map(|e| e.render()).as_deref(),
+        Some("       two")
+    );
+    tokio::time::timeout(Duration::from_secs(5), &mut third)
+        .await
+        .map_err(|_| "log_async still waits after the reader made room")?;
+    let rest: Vec<String> = std::iter::from_fn(|| stream.try_recv())
+        .map(|e| e.render())
+        .collect();
+    assert_eq!(rest, [" !     careful", "       three"]);
+
+    // Without a reader, nothing waits.
+    drop(stream);
+    for i in 0..10 {
+        tokio::time::timeout(Duration::from_secs(5), build.log_async(format!("{i}")))
+            .await
+            .map_err(|_| "log_async waited for a reader that is gone")?;
+    }
+    Ok(())
+}

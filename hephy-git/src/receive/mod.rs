@@ -10,11 +10,14 @@ pub(crate) mod pack;
 pub(crate) mod pktline;
 pub(crate) mod refs;
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use hephy_core::{format_elapsed, AppName, Events, Job, Report, Revision, Stage};
+use futures_util::FutureExt;
+use hephy_core::{format_elapsed, AppName, Events, Job, PipelineError, Report, Revision, Stage};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
@@ -63,6 +66,19 @@ pub enum ReceiveError {
         /// The app.
         app: AppName,
         /// What failed.
+        message: String,
+    },
+    /// What the client sent before the pack goes over one of the server's limits (ref
+    /// updates, their length, push options); the pusher was told which.
+    #[error("{message}")]
+    Limit {
+        /// Which limit, and what to do.
+        message: String,
+    },
+    /// Serving the push panicked; the push was refused and the server keeps running.
+    #[error("{message}")]
+    Internal {
+        /// What happened.
         message: String,
     },
 }
@@ -177,11 +193,18 @@ where
     } else {
         authorize(inner, user, app)?;
     }
-    let req = commands::read_request(&mut input).await?;
+    let req = commands::read_request(&mut input, &inner.limits).await?;
+    out.set_band(req.caps.band_size(), req.caps.quiet);
+    if let Some(reason) = req.over_limit.clone() {
+        if mode == Mode::Stateless {
+            drain(&mut input, inner.max_push_bytes).await;
+        }
+        refuse(&mut out, &req, &reason, "over the server's limits").await?;
+        return Err(ReceiveError::Limit { message: reason });
+    }
     if req.commands.is_empty() {
         return Ok(());
     }
-    out.set_band(req.caps.band_size(), req.caps.quiet);
     let guard: PushGuard = match guard {
         Some(g) => g,
         None => match inner.locks.try_lock(app, &user.name) {
@@ -202,9 +225,64 @@ where
             }
         },
     };
-    let r = process(inner, user, app, &mut input, &mut out, req, mode).await;
+    // A panic (in gix, a backend, our code) fails this push only: the lock is released and
+    // the pusher is told, and the server goes on serving.
+    let r = AssertUnwindSafe(process(inner, user, app, &mut input, &mut out, &req, mode))
+        .catch_unwind()
+        .await;
     drop(guard);
-    r
+    match r {
+        Ok(r) => r,
+        Err(panic) => {
+            let message = format!(
+                "internal error while receiving the push: {}; the server keeps running",
+                panic_message(&*panic)
+            );
+            tracing::error!(%app, user = %user.name, "{message}");
+            if mode == Mode::Stateless {
+                drain(&mut input, inner.max_push_bytes).await;
+            }
+            // Best effort: the panic may have come in the middle of a message.
+            let _ = refuse(&mut out, &req, &message, "internal error").await;
+            Err(ReceiveError::Internal { message })
+        }
+    }
+}
+
+/// Refuses the whole push: `reason` as an error line (an `ERR` pkt-line for a client without
+/// side-band or report-status), then `ng REF NG` for each command.
+async fn refuse<W: AsyncWrite + Unpin>(
+    out: &mut Output<W>,
+    req: &Request,
+    reason: &str,
+    ng: &str,
+) -> io::Result<()> {
+    if req.caps.band_size().is_none() && !req.caps.report_status {
+        return out.raw(&err_pkt(reason)).await;
+    }
+    out.message(&format!("error: {reason}\n")).await?;
+    // Without side-band, the unpack line is where the client sees the reason.
+    let unpack = if req.caps.band_size().is_some() {
+        ng.to_owned()
+    } else {
+        reason.to_owned()
+    };
+    let status = vec![Err(ng.to_owned()); req.commands.len()];
+    report(out, req, Err(unpack), &status).await
+}
+
+/// The text of a panic's payload, on one line and not too long for a pkt-line.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(500) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_owned(),
+    }
 }
 
 /// Reads and drops up to `limit` bytes of what the client still sends.
@@ -220,7 +298,7 @@ async fn process<R, W>(
     app: &AppName,
     input: &mut R,
     out: &mut Output<W>,
-    req: Request,
+    req: &Request,
     mode: Mode,
 ) -> Result<(), ReceiveError>
 where
@@ -261,7 +339,7 @@ where
                 let reason = e.to_string();
                 out.message(&format!("error: {reason}\n")).await?;
                 let ng = vec![Err("unpacker error".to_owned()); req.commands.len()];
-                report(out, &req, Err(reason), &ng).await?;
+                report(out, req, Err(reason), &ng).await?;
                 return Ok(());
             }
         }
@@ -348,7 +426,7 @@ where
             out.message(&summary(inner, app, report)).await?;
         }
     }
-    report(out, &req, Ok(()), &status).await?;
+    report(out, req, Ok(()), &status).await?;
     Ok(())
 }
 
@@ -450,7 +528,9 @@ async fn build<W: AsyncWrite + Unpin + Send>(
         })?;
     let revision = Revision::new(cmd.new.to_string()).with_ref_name(cmd.name.clone());
     let job = Job::push(app.clone(), revision, work.path());
-    let (events, mut stream) = Events::channel();
+    // Bounded: when the pusher reads slowly, build tools wait for it (their lines are never
+    // dropped) instead of their output piling up in the server's memory.
+    let (events, mut stream) = Events::bounded(EVENT_QUEUE);
     let started = Instant::now();
     let mut build_log = BuildLog::create(&inner.data_dir, app);
     let result = {
@@ -459,15 +539,26 @@ async fn build<W: AsyncWrite + Unpin + Send>(
         let run = async move {
             match limit {
                 Some(limit) => match tokio::time::timeout(limit, run).await {
-                    Ok(r) => r.map_err(|e| (Some(e.stage()), e.to_string())),
-                    Err(_) => Err((None, format!(
+                    Ok(r) => r.map_err(failure),
+                    Err(_) => Err(("build failed", format!(
                         "the push timed out after {}: make the build faster or raise the server's build timeout",
                         humantime::format_duration(limit)
                     ))),
                 },
-                None => run.await.map_err(|e| (Some(e.stage()), e.to_string())),
+                None => run.await.map_err(failure),
             }
         };
+        // A panicking backend fails this push, not the server.
+        let run = AssertUnwindSafe(run).catch_unwind().map(|r| {
+            r.unwrap_or_else(|panic| {
+                let message = format!(
+                    "internal error while building: {}; the server keeps running",
+                    panic_message(&*panic)
+                );
+                tracing::error!(%app, "{message}");
+                Err(("internal error", message))
+            })
+        });
         tokio::pin!(run);
         let keepalive = inner.keepalive.max(Duration::from_millis(10));
         let mut last_output = Instant::now();
@@ -504,20 +595,28 @@ async fn build<W: AsyncWrite + Unpin + Send>(
     drop(work);
     match result {
         Ok(report) => Ok(Ok(report)),
-        Err((stage, message)) => {
+        Err((reason, message)) => {
             let mut text = String::new();
             for line in message.lines() {
                 text.push_str(&format!(" !     {line}\n"));
             }
             out.message(&text).await?;
-            let reason = match stage {
-                Some(Stage::Publish) => "publish failed",
-                Some(Stage::Deploy) => "deploy failed",
-                _ => "build failed",
-            };
             Ok(Err(reason.to_owned()))
         }
     }
+}
+
+/// How many events of a build may wait for a slow pusher before the build waits too.
+const EVENT_QUEUE: usize = 256;
+
+/// A failed pipeline run as the reason of its `ng` line and the message shown.
+fn failure(e: PipelineError) -> (&'static str, String) {
+    let reason = match e.stage() {
+        Stage::Publish => "publish failed",
+        Stage::Deploy => "deploy failed",
+        _ => "build failed",
+    };
+    (reason, e.to_string())
 }
 
 /// The last lines of a successful push: what was published, the release and its URL.

@@ -187,3 +187,78 @@ async fn gzip_and_chunked_request_bodies() -> Result {
     assert_server_repo(&server, &app, &[("refs/heads/two", &c1)]).await?;
     Ok(())
 }
+
+/// A receive-pack request whose body is `pkts`, as the raw bytes of an HTTP/1.1 request.
+fn receive_pack_request(server: &TestServer, app: &str, pkts: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /{app}.git/git-receive-pack HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/x-git-receive-pack-request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        auth(server),
+        pkts.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(pkts);
+    request
+}
+
+fn pkt(data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{:04x}", data.len() + 4).as_bytes());
+    out.extend_from_slice(data);
+}
+
+/// pkt-lines no git client sends, written by hand: over-long ref updates and a flood of them.
+/// Each is refused with the limit named, and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_pkt_lines_before_the_pack_are_refused() -> Result {
+    let server = TestServer::start().await?;
+    server.app("raw")?;
+    let zero = "0".repeat(40);
+    let one = "1".repeat(40);
+
+    // One ref update of 5,000 bytes.
+    let name = format!("refs/heads/{}", "n".repeat(4900));
+    let mut pkts = vec![];
+    pkt(
+        format!("{zero} {one} {name}\0report-status side-band-64k agent=test\n").as_bytes(),
+        &mut pkts,
+    );
+    pkts.extend_from_slice(b"0000");
+    let (status, body) = raw(&server, receive_pack_request(&server, "raw", &pkts)).await?;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("error: a ref update line is 5,0")
+            && text.contains("bytes long; the limit is 4,096"),
+        "the limit was not named: {text:?}"
+    );
+
+    // 100,000 ref updates, from a client that asked for neither side-band nor report-status:
+    // it gets an ERR line.
+    let mut pkts = vec![];
+    for i in 0..100_000 {
+        pkt(
+            format!("{zero} {one} refs/heads/b{i}\n").as_bytes(),
+            &mut pkts,
+        );
+    }
+    pkts.extend_from_slice(b"0000");
+    let (status, body) = raw(&server, receive_pack_request(&server, "raw", &pkts)).await?;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("ERR the push has 100,000 ref updates; the limit is 1,000"),
+        "the limit was not named: {text:?}"
+    );
+
+    // A pkt-line whose length is not hex, and one that says more than a pkt-line can hold.
+    for bad in [&b"zzzzdata"[..], &b"ffff"[..]] {
+        let (status, _) = raw(&server, receive_pack_request(&server, "raw", bad)).await?;
+        assert_eq!(status, 200);
+    }
+
+    // Still serving.
+    let work = tempfile::tempdir()?;
+    let repo = client_repo(work.path()).await?;
+    commit_file(&repo, "index.html", b"x\n", "x").await?;
+    git_ok(&repo, &["push", &server.url("raw"), "main"]).await?;
+    Ok(())
+}

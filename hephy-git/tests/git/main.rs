@@ -1,6 +1,7 @@
 //! Integration tests of hephy-git with the real `git` client.
 
 mod auth;
+mod hostile;
 mod http;
 mod receive;
 mod source;
@@ -8,7 +9,7 @@ mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +26,18 @@ use tempfile::TempDir;
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 /// A backend for the cases the real backends do not cover on purpose: it takes apps with a
-/// `FAIL` file (prints the file and fails) or a `SLOW` file (prints a line, then waits until
-/// cancelled), and reports when its build future is dropped before it ends.
+/// `FAIL` file (prints the file and fails), a `SLOW` file (prints a line, then waits until
+/// cancelled), a `PANIC` file (panics) or a `NOISY` file (prints as many lines of 1 KiB as the
+/// file says, counting them in `logged`, then fails), and reports when its build future is
+/// dropped before it ends.
 #[derive(Default)]
 struct Gate {
     started: AtomicBool,
     cancelled: Arc<AtomicBool>,
+    logged: AtomicUsize,
 }
+
+const GATE_FILES: [&str; 4] = ["FAIL", "SLOW", "PANIC", "NOISY"];
 
 struct SetOnDrop(Arc<AtomicBool>);
 impl Drop for SetOnDrop {
@@ -46,10 +52,10 @@ impl Backend for Gate {
         "gate"
     }
     async fn detect(&self, ctx: &BuildContext) -> Detection {
-        if ctx.dir().join("FAIL").exists() || ctx.dir().join("SLOW").exists() {
-            Detection::yes("gate", Confidence::High, "found FAIL or SLOW")
+        if GATE_FILES.iter().any(|f| ctx.dir().join(f).exists()) {
+            Detection::yes("gate", Confidence::High, "found FAIL, SLOW, PANIC or NOISY")
         } else {
-            Detection::no("gate", "no FAIL or SLOW file")
+            Detection::no("gate", "no FAIL, SLOW, PANIC or NOISY file")
         }
     }
     async fn build(
@@ -64,6 +70,21 @@ impl Backend for Gate {
             }
             return Err(BuildError::Failed {
                 message: "the FAIL file asks this build to fail".into(),
+            });
+        }
+        if ctx.dir().join("PANIC").exists() {
+            panic!("the PANIC file asks this backend to panic");
+        }
+        if let Ok(text) = std::fs::read_to_string(ctx.dir().join("NOISY")) {
+            let lines: usize = text.trim().parse().unwrap_or(0);
+            let padding = "x".repeat(1000);
+            for i in 0..lines {
+                // As a build tool's lines come: waiting when the pusher is behind.
+                events.log_async(format!("noisy {i} {padding}")).await;
+                self.logged.store(i + 1, Ordering::SeqCst);
+            }
+            return Err(BuildError::Failed {
+                message: format!("the NOISY build printed its {lines} lines"),
             });
         }
         events.log("gate: waiting until cancelled");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::*;
 
 /// Replaces what varies between runs (ids, digests, ports, timings) in a push transcript.
-fn normalize(text: &str, server: &TestServer) -> String {
+pub(crate) fn normalize(text: &str, server: &TestServer) -> String {
     let mut out = vec![];
     for line in text.lines() {
         if line.contains("... still ") {

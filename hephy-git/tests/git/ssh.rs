@@ -9,9 +9,9 @@ use crate::auth::{keygen, ssh_keygen_fingerprint};
 use crate::*;
 
 /// An SSH front end for a [`TestServer`] on a free loopback port.
-struct Ssh {
+pub(crate) struct Ssh {
     server: SshServer,
-    port: u16,
+    pub(crate) port: u16,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,7 +21,7 @@ impl Drop for Ssh {
     }
 }
 
-async fn start_ssh(server: &TestServer, host_key: &Path) -> Result<Ssh> {
+pub(crate) async fn start_ssh(server: &TestServer, host_key: &Path) -> Result<Ssh> {
     let ssh = SshServer::new(server.server.clone(), server.accounts.clone(), host_key)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -73,7 +73,7 @@ fn ssh_options(key: &Path, port: u16, known_hosts: Option<&Path>) -> Vec<String>
 }
 
 /// `git ARGS` with git's SSH transport using `key`.
-fn git_ssh(
+pub(crate) fn git_ssh(
     repo: &Path,
     args: &[&str],
     key: &Path,
@@ -101,7 +101,7 @@ async fn ssh(key: &Path, port: u16, command: &[&str]) -> Result<(Option<i32>, Ru
     Ok((out.status.code(), out.into()))
 }
 
-fn url(port: u16, path: &str) -> String {
+pub(crate) fn url(port: u16, path: &str) -> String {
     format!("ssh://git@127.0.0.1:{port}/{path}")
 }
 
