@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::unknown::UnknownFields;
 use crate::Platform;
 
 /// The file name of an app's configuration at the root of its repository.
@@ -202,8 +203,10 @@ impl BuildConfig {
 }
 
 /// The health check a new release must pass before it gets traffic.
+///
+/// Like [`DeployConfig`], it is strict in `hephy.toml` and keeps unknown fields when stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub struct HealthCheck {
     /// An HTTP path that must answer 2xx or 3xx; without one, a TCP connect to the port is enough.
@@ -215,6 +218,8 @@ pub struct HealthCheck {
     /// How long to wait between two probes.
     #[serde(default = "default_health_interval", with = "humantime_serde")]
     pub interval: Duration,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 fn default_health_timeout() -> Duration {
@@ -231,13 +236,16 @@ impl Default for HealthCheck {
             path: None,
             timeout: default_health_timeout(),
             interval: default_health_interval(),
+            unknown: UnknownFields::default(),
         }
     }
 }
 
 /// Resource limits for each running instance of the app.
+///
+/// Like [`DeployConfig`], it is strict in `hephy.toml` and keeps unknown fields when stored.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub struct Resources {
     /// Memory limit in bytes (`memory = "512M"` in `hephy.toml`).
@@ -246,11 +254,19 @@ pub struct Resources {
     /// CPU limit in cores (`cpus = 0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 /// The `[deploy]` section of `hephy.toml`, kept with every release.
+///
+/// Read from `hephy.toml` by [`AppConfig::from_toml`], unknown keys are errors with their line and
+/// column, so a typo never silently falls back to a default. Its serde form is the stored one (a
+/// release in a ledger): there, fields this version does not know were written by a newer hephy,
+/// so they are accepted, kept, and written back when the settings are stored again (a rollback
+/// copies them into the new release).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub struct DeployConfig {
     /// The port the app listens on; it is also given to the app as `PORT`.
@@ -268,6 +284,8 @@ pub struct DeployConfig {
     /// Resource limits.
     #[serde(default)]
     pub resources: Resources,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 fn default_port() -> u16 {
@@ -286,6 +304,96 @@ impl Default for DeployConfig {
             strategy: Strategy::default(),
             health: HealthCheck::default(),
             resources: Resources::default(),
+            unknown: UnknownFields::default(),
+        }
+    }
+}
+
+/// `[deploy]` as `hephy.toml` spells it, where an unknown key is an error (the stored form,
+/// [`DeployConfig`], keeps unknown fields instead). The conversions below name every field, so a
+/// field added to one form and not the other does not compile.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TomlDeploy {
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_replicas")]
+    replicas: u32,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    health: Option<TomlHealth>,
+    #[serde(default)]
+    resources: Option<TomlResources>,
+}
+
+/// `[deploy.health]` in `hephy.toml`; see [`TomlDeploy`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TomlHealth {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    interval: Duration,
+}
+
+/// `[deploy.resources]` in `hephy.toml`; see [`TomlDeploy`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct TomlResources {
+    #[serde(default, with = "bytes_serde")]
+    memory: Option<u64>,
+    #[serde(default)]
+    cpus: Option<f64>,
+}
+
+impl TomlDeploy {
+    fn into_stored(self) -> DeployConfig {
+        let TomlDeploy {
+            port,
+            replicas,
+            strategy,
+            health,
+            resources,
+        } = self;
+        DeployConfig {
+            port,
+            replicas,
+            strategy,
+            health: health.map(TomlHealth::into_stored).unwrap_or_default(),
+            resources: resources
+                .map(TomlResources::into_stored)
+                .unwrap_or_default(),
+            unknown: UnknownFields::default(),
+        }
+    }
+}
+
+impl TomlHealth {
+    fn into_stored(self) -> HealthCheck {
+        let TomlHealth {
+            path,
+            timeout,
+            interval,
+        } = self;
+        HealthCheck {
+            path,
+            timeout,
+            interval,
+            unknown: UnknownFields::default(),
+        }
+    }
+}
+
+impl TomlResources {
+    fn into_stored(self) -> Resources {
+        let TomlResources { memory, cpus } = self;
+        Resources {
+            memory,
+            cpus,
+            unknown: UnknownFields::default(),
         }
     }
 }
@@ -333,7 +441,7 @@ struct RawConfig {
     #[serde(default)]
     build: Option<toml::Spanned<RawBuild>>,
     #[serde(default)]
-    deploy: DeployConfig,
+    deploy: Option<TomlDeploy>,
 }
 
 #[derive(Default)]
@@ -450,7 +558,8 @@ impl AppConfig {
                 );
             }
         }
-        if let Some(p) = &raw.deploy.health.path {
+        let deploy = raw.deploy.map(TomlDeploy::into_stored).unwrap_or_default();
+        if let Some(p) = &deploy.health.path {
             if !p.starts_with('/') {
                 return Err(ConfigError::new(
                     file,
@@ -458,16 +567,13 @@ impl AppConfig {
                 ));
             }
         }
-        if raw.deploy.port == 0 {
+        if deploy.port == 0 {
             return Err(ConfigError::new(
                 file,
                 "[deploy] port 0 is not a port: use the port your app listens on, like 8080",
             ));
         }
-        Ok(AppConfig {
-            build,
-            deploy: raw.deploy,
-        })
+        Ok(AppConfig { build, deploy })
     }
 
     /// Reads `hephy.toml` from the directory `root`; all defaults if there is none.

@@ -80,6 +80,7 @@ mod publish;
 mod reference;
 mod release;
 mod source;
+mod unknown;
 
 /// Re-exported so implementors use the same version as the traits.
 pub use async_trait::async_trait;

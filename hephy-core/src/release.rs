@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::unknown::UnknownFields;
 use crate::{AppName, DeployConfig, Reference};
 
 /// A release number, written `v1`, `v2`, ...
@@ -377,11 +378,16 @@ impl NewRelease {
             deploy: self.deploy,
             cause: self.cause,
             created,
+            unknown: UnknownFields::default(),
         }
     }
 }
 
 /// A release: one numbered, immutable version of an app.
+///
+/// Its serde form is what ledgers store. Fields this version does not know, here and in
+/// [`DeployConfig`], were written by a newer hephy: they are accepted and written back unchanged,
+/// so an older binary neither fails on a newer ledger nor loses what it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Release {
@@ -400,6 +406,8 @@ pub struct Release {
     /// When it was made.
     #[serde(with = "rfc3339")]
     pub created: SystemTime,
+    #[serde(flatten)]
+    unknown: UnknownFields,
 }
 
 impl Release {

@@ -1,6 +1,7 @@
 //! A snapshot of hephy-core's public API, so every change to it is deliberate and visible in
 //! review. (`cargo public-api` needs a nightly toolchain; this walks the source with `syn`.)
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use quote::ToTokens;
@@ -42,7 +43,34 @@ fn derives(attrs: &[syn::Attribute]) -> String {
     }
 }
 
-fn walk(module: &str, items: &[Item], out: &mut Vec<String>) {
+/// The names of the crate's private structs and enums: their impls are not API.
+fn private_types(items: &[Item], out: &mut BTreeSet<String>) {
+    for item in items {
+        match item {
+            Item::Struct(s) if !is_pub(&s.vis) => {
+                out.insert(s.ident.to_string());
+            }
+            Item::Enum(e) if !is_pub(&e.vis) => {
+                out.insert(e.ident.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether `ty` names one of the `private` types.
+fn is_private(ty: &syn::Type, private: &BTreeSet<String>) -> bool {
+    match ty {
+        syn::Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| private.contains(&s.ident.to_string())),
+        _ => false,
+    }
+}
+
+fn walk(module: &str, items: &[Item], private: &BTreeSet<String>, out: &mut Vec<String>) {
     for item in items {
         match item {
             Item::Struct(s) if is_pub(&s.vis) => {
@@ -136,7 +164,7 @@ fn walk(module: &str, items: &[Item], out: &mut Vec<String>) {
             Item::Use(u) if is_pub(&u.vis) => {
                 out.push(format!("{module}: pub use {}", tokens(&u.tree)));
             }
-            Item::Impl(i) => {
+            Item::Impl(i) if !is_private(&i.self_ty, private) => {
                 let header = match &i.trait_ {
                     Some((_, path, _)) => {
                         format!("impl {} for {}", tokens(path), tokens(&i.self_ty))
@@ -176,7 +204,8 @@ fn public_api() -> Result {
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
         .collect();
     files.sort();
-    let mut out = vec![];
+    let mut parsed = vec![];
+    let mut private = BTreeSet::new();
     for f in files {
         let module = f
             .file_stem()
@@ -184,7 +213,12 @@ fn public_api() -> Result {
             .unwrap_or_default()
             .to_owned();
         let file = syn::parse_file(&std::fs::read_to_string(&f)?)?;
-        walk(&module, &file.items, &mut out);
+        private_types(&file.items, &mut private);
+        parsed.push((module, file));
+    }
+    let mut out = vec![];
+    for (module, file) in &parsed {
+        walk(module, &file.items, &private, &mut out);
     }
     insta::assert_snapshot!(out.join("\n"));
     Ok(())

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod events;
 mod pipeline;
+mod records;
 mod values;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;

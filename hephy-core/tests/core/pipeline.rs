@@ -1,12 +1,18 @@
 //! The pipeline, with fake implementations of the four traits (allowed in core's own tests).
+//!
+//! Async tests run on tokio's paused clock: time moves only when every task waits on a timer, and
+//! then jumps to the next deadline. Timeouts and build durations are exact and cost no wall time.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hephy_core::*;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Result;
 
@@ -37,10 +43,14 @@ impl Source for DirSource {
 
 #[derive(Clone, Copy)]
 enum Behaviour {
+    /// Succeed after [`BUILD_TIME`] of (paused) time.
     Succeed,
     Fail,
     Hang,
 }
+
+/// How long a succeeding fake build takes.
+const BUILD_TIME: Duration = Duration::from_millis(20);
 
 /// A backend that detects a marker file and behaves per platform.
 struct FakeBackend {
@@ -48,7 +58,8 @@ struct FakeBackend {
     marker: &'static str,
     confidence: Confidence,
     per_platform: BTreeMap<String, Behaviour>,
-    started: Arc<AtomicUsize>,
+    /// How many builds have started, so a test can wait for them instead of sleeping.
+    started: Arc<watch::Sender<usize>>,
     dropped: Arc<AtomicUsize>,
 }
 
@@ -99,7 +110,7 @@ impl Backend for FakeBackend {
         events: &Events,
     ) -> std::result::Result<BuiltImage, BuildError> {
         let _guard = DropCount(self.dropped.clone());
-        self.started.fetch_add(1, Ordering::SeqCst);
+        self.started.send_modify(|n| *n += 1);
         assert!(target.out_dir.is_dir(), "the pipeline makes the out dir");
         events.log(format!(
             "compiling {}",
@@ -112,7 +123,7 @@ impl Backend for FakeBackend {
             .unwrap_or(Behaviour::Succeed);
         match b {
             Behaviour::Succeed => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(BUILD_TIME).await;
                 let hex = format!("{:0>64}", target.platform.slug().len());
                 let digest = Digest::sha256(hex).map_err(|e| BuildError::other("digest", e))?;
                 Ok(BuiltImage::new(
@@ -232,6 +243,13 @@ fn rendered(got: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The events as rendered, with their durations (exact on the paused clock).
+fn rendered_raw(got: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
+    got.lock()
+        .map(|v| v.iter().map(Event::render).collect())
+        .unwrap_or_default()
+}
+
 /// Replaces durations so snapshots are stable.
 fn normalize(e: &Event) -> String {
     let line = e.render();
@@ -241,6 +259,14 @@ fn normalize(e: &Event) -> String {
         }
         _ => line,
     }
+}
+
+/// `fut`, or an error if it is still pending after an hour of paused time (which passes at once
+/// when nothing else can run), so a broken timeout fails the test instead of hanging it.
+async fn within_an_hour<T>(fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(3600), fut)
+        .await
+        .map_err(|_| "still pending after an hour: a timeout or wake-up did not fire".into())
 }
 
 fn config(src: &str) -> Result<AppConfig> {
@@ -281,7 +307,7 @@ fn arm64_fails() -> Result<(Pipeline, Arc<RecordingPublisher>, tempfile::TempDir
     Ok((pipeline, publisher, go_dir()?))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     let dir = tempfile::tempdir()?;
     let go = FakeBackend::new("go", "go.mod", Confidence::High);
@@ -302,12 +328,17 @@ async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     let app: AppName = "hello".parse()?;
     let rev = Revision::new("1a2b3c4d5e6f").with_ref_name("refs/heads/main");
     let (events, got) = collect();
-    let report = pipeline
-        .run(Job::push(app.clone(), rev, dir.path()), &events)
-        .await?;
+    let start = Instant::now();
+    let report =
+        within_an_hour(pipeline.run(Job::push(app.clone(), rev, dir.path()), &events)).await??;
 
     assert_eq!(report.backend, "go");
-    assert_eq!(started.load(Ordering::SeqCst), 2);
+    assert_eq!(*started.borrow(), 2);
+    assert_eq!(
+        start.elapsed(),
+        BUILD_TIME,
+        "two builds of {BUILD_TIME:?} each run at the same time, so the run takes one build's time"
+    );
     assert_eq!(report.published.platforms.len(), 2);
     assert!(report.published.is_index);
     let release = report.release.ok_or("no release")?;
@@ -358,7 +389,7 @@ async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn auto_detection_explains_and_fails_clearly() -> Result {
     let pipeline = Pipeline::builder()
         .backend(Arc::new(FakeBackend::new(
@@ -400,7 +431,7 @@ async fn auto_detection_explains_and_fails_clearly() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> Result {
     let (pipeline, publisher, dir) = arm64_fails()?;
     let ctx = BuildContext::new(dir.path(), config(TWO)?);
@@ -436,7 +467,7 @@ async fn a_failed_platform_fails_the_run_by_default_and_publishes_nothing() -> R
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn publish_successful_publishes_what_built_with_a_warning() -> Result {
     let (pipeline, _, dir) = arm64_fails()?;
     let cfg = config(&format!("{TWO}platform-failure = \"publish-successful\"\n"))?;
@@ -459,22 +490,28 @@ async fn publish_successful_publishes_what_built_with_a_warning() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn dropping_the_run_cancels_every_build() -> Result {
     let backend = FakeBackend::new("go", "go.mod", Confidence::High)
         .on("linux/amd64", Behaviour::Hang)
         .on("linux/arm64", Behaviour::Hang);
-    let (started, dropped) = (backend.started.clone(), backend.dropped.clone());
+    let mut started = backend.started.subscribe();
+    let dropped = backend.dropped.clone();
     let pipeline = pipeline_of(backend, Arc::default())?;
     let dir = go_dir()?;
     let ctx = BuildContext::new(dir.path(), config(TWO)?);
     let (events, got) = collect();
     let job = Job::context("hello".parse()?, ctx, dir.path());
     let run = pipeline.run(job, &events);
-    // Give the builds time to start, then drop the run as a disconnected push would.
-    let r = tokio::time::timeout(Duration::from_millis(300), run).await;
-    assert!(r.is_err(), "the run should still be going");
-    assert_eq!(started.load(Ordering::SeqCst), 2);
+    // Once both builds have started, drop the run as a disconnected push would.
+    let both_started: Result = within_an_hour(async {
+        tokio::select! {
+            r = run => Err(format!("the run ended on its own: {:?}", r.map(|_| ())).into()),
+            r = started.wait_for(|n| *n == 2) => r.map(drop).map_err(Into::into),
+        }
+    })
+    .await?;
+    both_started?;
     assert_eq!(dropped.load(Ordering::SeqCst), 2, "both builds are dropped");
     let cancelled = rendered(&got)
         .into_iter()
@@ -484,7 +521,7 @@ async fn dropping_the_run_cancels_every_build() -> Result {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn timeouts_stop_a_stage_and_the_whole_run() -> Result {
     let dir = go_dir()?;
     let hang = || {
@@ -496,19 +533,28 @@ async fn timeouts_stop_a_stage_and_the_whole_run() -> Result {
     let pipeline = pipeline_of(hang(), Arc::default())?;
     let ctx = BuildContext::new(dir.path(), config("[build]\ntimeout = \"100ms\"\n")?);
     let (events, got) = collect();
-    let err = pipeline
-        .run(Job::context("hello".parse()?, ctx, dir.path()), &events)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
+    let start = Instant::now();
+    let err =
+        within_an_hour(pipeline.run(Job::context("hello".parse()?, ctx, dir.path()), &events))
+            .await?
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(100),
+        "the build limit"
+    );
     let host = Platform::host();
     assert_eq!(
         err,
         Err(format!("build failed: {host}: the build for {host} timed out after 100ms: raise [build] timeout in hephy.toml"))
     );
-    assert!(rendered(&got)
-        .iter()
-        .any(|l| l.starts_with(&format!("-----> Build for {host} timed out"))));
+    let timed_out = format!("-----> Build for {host} timed out in 0.10s");
+    assert!(
+        rendered_raw(&got).contains(&timed_out),
+        "{:#?}",
+        rendered_raw(&got)
+    );
 
     // Whole-run limit.
     let pipeline = Pipeline::builder()
@@ -518,13 +564,16 @@ async fn timeouts_stop_a_stage_and_the_whole_run() -> Result {
         .build()?;
     let ctx = BuildContext::new(dir.path(), AppConfig::default());
     let (events, got) = collect();
-    let err = match pipeline
-        .run(Job::context("hello".parse()?, ctx, dir.path()), &events)
-        .await
+    let start = Instant::now();
+    let err = match within_an_hour(
+        pipeline.run(Job::context("hello".parse()?, ctx, dir.path()), &events),
+    )
+    .await?
     {
         Ok(_) => return Err("expected a timeout".into()),
         Err(e) => e,
     };
+    assert_eq!(start.elapsed(), Duration::from_millis(100), "the run limit");
     assert!(
         matches!(
             err,
@@ -535,13 +584,15 @@ async fn timeouts_stop_a_stage_and_the_whole_run() -> Result {
         ),
         "{err}"
     );
-    assert!(rendered(&got)
-        .iter()
-        .any(|l| l.starts_with(&format!("-----> Build for {host} timed out"))));
+    assert!(
+        rendered_raw(&got).contains(&timed_out),
+        "{:#?}",
+        rendered_raw(&got)
+    );
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn deployer_defaults_roll_back_and_change_config_as_new_releases() -> Result {
     let d = MemoryDeployer::default();
     let app: AppName = "hello".parse()?;
@@ -647,7 +698,7 @@ fn builder_refuses_incomplete_pipelines() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_push_without_a_source_is_refused() -> Result {
     let pipeline = pipeline_of(
         FakeBackend::new("go", "go.mod", Confidence::High),
