@@ -328,9 +328,12 @@ fn read_db(rootfs: &Path, rel: &str) -> Vec<Vec<String>> {
     let Ok(path) = secure_join(rootfs, Path::new(rel)) else {
         return vec![];
     };
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    // The image decides how large its /etc/passwd is: read no more than any real one needs.
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = std::io::Read::read_to_string(&mut std::io::Read::take(file, 4 << 20), &mut text);
+    }
+    text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
         .map(|l| l.split(':').map(str::to_owned).collect())
         .collect()

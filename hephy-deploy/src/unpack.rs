@@ -3,12 +3,16 @@
 //! entry may write outside the root).
 //!
 //! Every blob read is checked against its digest while it streams, so a damaged layout fails
-//! loudly instead of running a half image.
+//! loudly instead of running a half image. Images are input from whoever pushed them, so
+//! everything read is capped ([`UnpackLimits`]): a layer's decompressed size and entry count,
+//! the tar headers of one entry, and the size of manifests and configs.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use hephy_core::{Digest, Platform};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
@@ -69,12 +73,49 @@ pub enum UnpackError {
     /// A layer entry tried to leave the root filesystem or is otherwise unusable.
     #[error("layer {layer} has a bad entry {entry:?}: {problem}; rebuild the image")]
     BadEntry {
-        /// The layer's digest.
+        /// The layer (its digest, and the image it is in).
         layer: String,
         /// The entry path.
         entry: String,
         /// What is wrong.
         problem: String,
+    },
+    /// A layer decompresses to more bytes than [`UnpackLimits::max_layer_bytes`].
+    #[error("layer {layer} decompresses to more than {}, the limit: rebuild the image with smaller layers, or raise the deployer's limit (UnpackLimits::max_layer_bytes)", size_text(*limit))]
+    LayerTooLarge {
+        /// The layer (its digest, and the image it is in).
+        layer: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A layer has more entries than [`UnpackLimits::max_layer_entries`].
+    #[error("layer {layer} has more than {limit} entries, the limit: rebuild the image with fewer files per layer, or raise the deployer's limit (UnpackLimits::max_layer_entries)")]
+    TooManyEntries {
+        /// The layer (its digest, and the image it is in).
+        layer: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The tar headers of one entry (long names, pax records) are larger than
+    /// [`MAX_ENTRY_HEADER_BYTES`].
+    #[error("layer {layer} has an entry whose tar headers (long names, pax records) pass {}, the limit: rebuild the image with a conforming tool", size_text(*limit))]
+    HeaderTooLarge {
+        /// The layer (its digest, and the image it is in).
+        layer: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A manifest, index or config is larger than [`UnpackLimits::max_json_bytes`].
+    #[error("{what} {digest} is {size} bytes; the limit is {}: publish a smaller {what}, or raise the deployer's limit (UnpackLimits::max_json_bytes)", size_text(*limit))]
+    JsonTooLarge {
+        /// What was read (manifest, config).
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Its size in bytes (at least this much, if it grew while being read).
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
     },
     /// Reading or writing files failed.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -95,6 +136,59 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
         path: path.to_owned(),
         source,
     }
+}
+
+/// The most bytes the tar headers of one entry may take: its header blocks with the GNU long
+/// names and pax records before it, which the tar reader holds in memory. Paths are at most
+/// 4 KiB on Linux, so this leaves room for any honest entry and its extended attributes.
+pub const MAX_ENTRY_HEADER_BYTES: u64 = 1 << 20;
+
+/// Caps on what one image may make [`resolve`] and [`unpack_rootfs`] read and write. An image
+/// over a cap is refused with an error that names the cap.
+///
+/// ```
+/// use hephy_deploy::unpack::UnpackLimits;
+/// let mut limits = UnpackLimits::default();
+/// limits.max_layer_bytes = 2 << 30;
+/// assert_eq!(limits.max_layer_entries, 1_000_000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnpackLimits {
+    /// The most bytes one layer may decompress to, tar headers included; the sizes of its files
+    /// (sparse ones at their full size) must add up to no more either (default 8 GiB).
+    pub max_layer_bytes: u64,
+    /// The most entries (files, directories, links, whiteouts) one layer may have (default
+    /// 1,000,000).
+    pub max_layer_entries: u64,
+    /// The largest image index, manifest or config read, in bytes (default 4 MiB, as registries
+    /// cap manifests).
+    pub max_json_bytes: u64,
+}
+
+impl UnpackLimits {
+    /// The defaults: 8 GiB and 1,000,000 entries per layer, 4 MiB of JSON.
+    pub const DEFAULT: UnpackLimits = UnpackLimits {
+        max_layer_bytes: 8 << 30,
+        max_layer_entries: 1_000_000,
+        max_json_bytes: 4 << 20,
+    };
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits::DEFAULT
+    }
+}
+
+/// `8 GiB`, `4 MiB`, or `1234 bytes` when the size is no whole number of either.
+fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} bytes")
 }
 
 /// An image found in a layout: its manifest, config and layers, for one platform.
@@ -128,13 +222,38 @@ fn parse_digest(s: &str, what: &'static str) -> Result<Digest, UnpackError> {
         })
 }
 
-/// Reads a small blob whole, checking its digest.
-fn read_blob(layout: &Path, digest: &Digest) -> Result<Vec<u8>, UnpackError> {
+/// Reads a small blob whole, checking its digest and that it is at most `limit` bytes.
+fn read_blob(
+    layout: &Path,
+    digest: &Digest,
+    what: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, UnpackError> {
     let mut reader = open_blob(layout, digest)?;
+    let path = blob_path(layout, digest);
+    let too_large = |size| UnpackError::JsonTooLarge {
+        what,
+        digest: digest.clone(),
+        size,
+        limit,
+    };
+    let size = reader
+        .inner
+        .metadata()
+        .map_err(io_err("read", &path))?
+        .len();
+    if size > limit {
+        return Err(too_large(size));
+    }
     let mut bytes = vec![];
-    reader
+    // The file may grow after the size was checked: read one byte past the limit to tell.
+    (&mut reader)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(io_err("read", &blob_path(layout, digest)))?;
+        .map_err(io_err("read", &path))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
     reader.verify()?;
     Ok(bytes)
 }
@@ -223,11 +342,13 @@ fn descriptor_platform(d: &Descriptor) -> Option<Platform> {
 }
 
 /// Finds the image manifest `digest` names in the layout at `layout`, choosing `platform`'s
-/// manifest when `digest` names an image index, and reads its config.
+/// manifest when `digest` names an image index, and reads its config. Indexes, manifests and
+/// configs larger than `limits.max_json_bytes` are refused.
 pub fn resolve(
     layout: &Path,
     digest: &Digest,
     platform: &Platform,
+    limits: &UnpackLimits,
 ) -> Result<ResolvedImage, UnpackError> {
     if !layout.join("index.json").is_file() {
         return Err(UnpackError::NoLayout {
@@ -237,7 +358,7 @@ pub fn resolve(
     let mut digest = digest.clone();
     // An index may point at further indexes; a few levels are plenty for any real image.
     for _ in 0..4 {
-        let bytes = read_blob(layout, &digest)?;
+        let bytes = read_blob(layout, &digest, "manifest", limits.max_json_bytes)?;
         let probe: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| UnpackError::Invalid {
                 what: "manifest",
@@ -276,7 +397,7 @@ pub fn resolve(
                 message: e.to_string(),
             })?;
         let config_digest = parse_digest(manifest.config().digest().as_ref(), "image manifest")?;
-        let config_bytes = read_blob(layout, &config_digest)?;
+        let config_bytes = read_blob(layout, &config_digest, "config", limits.max_json_bytes)?;
         let config: ImageConfiguration =
             serde_json::from_slice(&config_bytes).map_err(|e| UnpackError::Invalid {
                 what: "image config",
@@ -306,17 +427,29 @@ pub fn is_unpacked(image: &ResolvedImage, cache: &Path) -> bool {
 }
 
 /// Unpacks `image` into `<cache>/<manifest hex>/rootfs` (once: later calls return the existing
-/// directory) and returns that path.
+/// directory) and returns that path. A layer over one of `limits` stops the unpack.
 ///
 /// The layers are applied into a temporary directory that is renamed into place at the end, so
 /// an interrupted unpack is never mistaken for a finished one.
-pub fn unpack_rootfs(image: &ResolvedImage, cache: &Path) -> Result<PathBuf, UnpackError> {
+pub fn unpack_rootfs(
+    image: &ResolvedImage,
+    cache: &Path,
+    limits: &UnpackLimits,
+) -> Result<PathBuf, UnpackError> {
     let dir = cache.join(image.manifest_digest.encoded());
     let rootfs = dir.join("rootfs");
     if rootfs.is_dir() {
         return Ok(rootfs);
     }
     fs::create_dir_all(cache).map_err(io_err("create", cache))?;
+    // Images keep their owners and modes, setuid root binaries included: only the owner of
+    // the cache (who runs the containers) may reach them on the host.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(cache, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("restrict", cache))?;
+    }
     let tmp = cache.join(format!(
         ".tmp-{}-{}",
         image.manifest_digest.encoded(),
@@ -331,7 +464,8 @@ pub fn unpack_rootfs(image: &ResolvedImage, cache: &Path) -> Result<PathBuf, Unp
         for layer in &image.layers {
             let digest = parse_digest(layer.digest().as_ref(), "image manifest")?;
             let reader = open_blob(&image.layout, &digest)?;
-            apply_layer_verified(&tmp_root, reader, &digest.to_string())?;
+            let name = format!("{digest} of image {}", image.manifest_digest);
+            apply_layer_verified(&tmp_root, reader, &name, limits)?;
         }
         match fs::rename(&tmp, &dir) {
             Ok(()) => {}
@@ -353,15 +487,107 @@ fn apply_layer_verified(
     root: &Path,
     reader: VerifyingReader<fs::File>,
     name: &str,
+    limits: &UnpackLimits,
 ) -> Result<(), UnpackError> {
     let mut reader = reader;
-    apply_layer(root, &mut reader, name)?;
+    apply_layer(root, &mut reader, name, limits)?;
     reader.verify()
 }
 
+/// Which cap a [`MeteredReader`] hit.
+#[derive(Clone, Copy)]
+enum Over {
+    Layer,
+    Header,
+}
+
+/// What a [`MeteredReader`] has seen, shared with the loop that drives the tar reader (which
+/// owns the reader itself).
+#[derive(Default)]
+struct Meter {
+    read: Cell<u64>,
+    /// Where the tar reader started reading the headers of the next entry, while it does.
+    headers_from: Cell<Option<u64>>,
+    over: Cell<Option<Over>>,
+}
+
+/// Counts the decompressed bytes of a layer and fails the read that passes a cap, before the
+/// bytes are used: a small gzip layer can inflate to terabytes, and a pax record to gigabytes
+/// of memory.
+struct MeteredReader<R> {
+    inner: R,
+    meter: Rc<Meter>,
+    max: u64,
+}
+
+impl<R: Read> Read for MeteredReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let read = self.meter.read.get().saturating_add(n as u64);
+        self.meter.read.set(read);
+        let over = if read > self.max {
+            Some(Over::Layer)
+        } else if self
+            .meter
+            .headers_from
+            .get()
+            .is_some_and(|from| read - from > MAX_ENTRY_HEADER_BYTES)
+        {
+            Some(Over::Header)
+        } else {
+            None
+        };
+        if let Some(over) = over {
+            self.meter.over.set(Some(over));
+            return Err(io::Error::other("the layer passed an unpack limit"));
+        }
+        Ok(n)
+    }
+}
+
+/// What a whiteout entry asks for.
+enum Whiteout<'a> {
+    /// Remove what lower layers put in the directory.
+    Opaque,
+    /// Remove the named file or directory of the lower layers.
+    Remove(&'a str),
+    /// AUFS metadata (`.wh..wh.plnk` and the like) that says nothing to other runtimes.
+    Ignore,
+}
+
+/// Reads the whiteout in a file name, or `None` for a plain name. A name that would reach
+/// beyond its directory (`.wh.`, `.wh..`, `.wh...`) is an error.
+fn whiteout(file_name: &str) -> Result<Option<Whiteout<'_>>, String> {
+    if file_name == ".wh..wh..opq" {
+        return Ok(Some(Whiteout::Opaque));
+    }
+    if file_name.starts_with(".wh..wh.") {
+        return Ok(Some(Whiteout::Ignore));
+    }
+    let Some(hidden) = file_name.strip_prefix(".wh.") else {
+        return Ok(None);
+    };
+    if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.contains(['/', '\0']) {
+        return Err(format!(
+            "whiteout {file_name:?} names no file in its directory (a whiteout is .wh.NAME, NAME a file name other than . and ..)"
+        ));
+    }
+    Ok(Some(Whiteout::Remove(hidden)))
+}
+
 /// Applies one layer (a tar stream, gzip- or zstd-compressed or plain, detected from its first
-/// bytes) onto the directory `root`, honouring whiteouts. `name` names the layer in errors.
-pub fn apply_layer(root: &Path, layer: impl Read, name: &str) -> Result<(), UnpackError> {
+/// bytes) onto the directory `root`, honouring whiteouts. `name` names the layer in errors
+/// ([`unpack_rootfs`] passes `DIGEST of image DIGEST`).
+///
+/// Nothing is written, linked or removed outside `root`: parents are resolved with
+/// [`secure_join`], the last component is never followed, and whiteouts must name one file of
+/// their directory. A layer over one of `limits` is refused; what it wrote until then stays.
+pub fn apply_layer(
+    root: &Path,
+    layer: impl Read,
+    name: &str,
+    limits: &UnpackLimits,
+) -> Result<(), UnpackError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, layer);
     let head = buffered
         .fill_buf()
@@ -376,7 +602,12 @@ pub fn apply_layer(root: &Path, layer: impl Read, name: &str) -> Result<(), Unpa
     } else {
         Box::new(buffered)
     };
-    let mut archive = tar::Archive::new(stream);
+    let meter = Rc::new(Meter::default());
+    let mut archive = tar::Archive::new(MeteredReader {
+        inner: stream,
+        meter: meter.clone(),
+        max: limits.max_layer_bytes,
+    });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -386,83 +617,153 @@ pub fn apply_layer(root: &Path, layer: impl Read, name: &str) -> Result<(), Unpa
         entry: entry.to_owned(),
         problem,
     };
+    let too_large = || UnpackError::LayerTooLarge {
+        layer: name.to_owned(),
+        limit: limits.max_layer_bytes,
+    };
+    // A failed read may be the meter's refusal, which the tar reader wraps in its own words.
+    let fail = |action: &'static str, path: &Path| {
+        let meter = meter.clone();
+        let path = path.to_owned();
+        move |source: io::Error| match meter.over.get() {
+            Some(Over::Layer) => too_large(),
+            Some(Over::Header) => UnpackError::HeaderTooLarge {
+                layer: name.to_owned(),
+                limit: MAX_ENTRY_HEADER_BYTES,
+            },
+            None => UnpackError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    };
     // Paths this layer has written: an opaque whiteout hides only what lower layers put there.
     let mut written: HashSet<PathBuf> = HashSet::new();
-    let entries = archive
+    let (mut count, mut sizes) = (0u64, 0u64);
+    let mut entries = archive
         .entries()
-        .map_err(io_err("read layer", Path::new(name)))?;
-    for entry in entries {
-        let mut entry = entry.map_err(io_err("read layer", Path::new(name)))?;
-        let raw_path = entry
-            .path()
-            .map_err(io_err("read layer", Path::new(name)))?
-            .into_owned();
-        let shown = raw_path.display().to_string();
-        let rel = clean_relative(&raw_path).ok_or_else(|| {
-            bad(
-                &shown,
-                "its path leaves the root filesystem with '..'".into(),
-            )
-        })?;
-        let Some(file_name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            continue; // the root itself
-        };
-        let parent_rel = rel.parent().unwrap_or(Path::new(""));
-        let parent = secure_join(root, parent_rel).map_err(|e| bad(&shown, e.to_string()))?;
-        if file_name == ".wh..wh..opq" {
-            if let Ok(children) = fs::read_dir(&parent) {
-                for child in children.flatten() {
-                    let child_rel = parent_rel.join(child.file_name());
-                    if !written.contains(&child_rel) {
-                        remove_any(&child.path()).map_err(io_err("remove", &child.path()))?;
+        .map_err(fail("read layer", Path::new(name)))?;
+    loop {
+        meter.headers_from.set(Some(meter.read.get()));
+        let next = entries.next();
+        meter.headers_from.set(None);
+        let Some(entry) = next else { break };
+        let mut entry = entry.map_err(fail("read layer", Path::new(name)))?;
+        count += 1;
+        if count > limits.max_layer_entries {
+            return Err(UnpackError::TooManyEntries {
+                layer: name.to_owned(),
+                limit: limits.max_layer_entries,
+            });
+        }
+        // Sparse files are written with holes: their full size counts, not what the tar holds.
+        sizes = sizes.saturating_add(entry.size());
+        if sizes > limits.max_layer_bytes {
+            return Err(too_large());
+        }
+        'apply: {
+            let kind = entry.header().entry_type();
+            if kind.is_pax_global_extensions() {
+                break 'apply; // archive-wide metadata, not a file
+            }
+            let raw_path = entry
+                .path()
+                .map_err(fail("read layer", Path::new(name)))?
+                .into_owned();
+            let shown = raw_path.display().to_string();
+            let rel = clean_relative(&raw_path).ok_or_else(|| {
+                bad(
+                    &shown,
+                    "its path leaves the root filesystem with '..'".into(),
+                )
+            })?;
+            let Some(file_name) = rel.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                break 'apply; // the root itself
+            };
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            if let Some(dir) = parent_rel
+                .iter()
+                .map(|c| c.to_string_lossy())
+                .find(|c| c.starts_with(".wh."))
+            {
+                if dir.starts_with(".wh..wh.") {
+                    break 'apply; // inside AUFS metadata, as whiteout() ignores it
+                }
+                return Err(bad(
+                    &shown,
+                    format!("whiteout {dir:?} is used as a directory; a whiteout is a file"),
+                ));
+            }
+            let parent = secure_join(root, parent_rel).map_err(|e| bad(&shown, e.to_string()))?;
+            match whiteout(&file_name).map_err(|problem| bad(&shown, problem))? {
+                Some(Whiteout::Opaque) => {
+                    if let Ok(children) = fs::read_dir(&parent) {
+                        for child in children.flatten() {
+                            let child_rel = parent_rel.join(child.file_name());
+                            if !written.contains(&child_rel) {
+                                remove_any(&child.path())
+                                    .map_err(io_err("remove", &child.path()))?;
+                            }
+                        }
                     }
+                    break 'apply;
+                }
+                Some(Whiteout::Remove(hidden)) => {
+                    let target = parent.join(hidden);
+                    // Whiting out what no lower layer has (or a path through a file) is a no-op.
+                    if fs::symlink_metadata(&target).is_ok() {
+                        remove_any(&target).map_err(io_err("remove", &target))?;
+                    }
+                    break 'apply;
+                }
+                Some(Whiteout::Ignore) => break 'apply,
+                None => {}
+            }
+            fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+            let dest = parent.join(&file_name);
+            let existing = fs::symlink_metadata(&dest).ok();
+            if let Some(meta) = existing {
+                // A directory over a directory merges; anything else replaces what was there.
+                if !(meta.is_dir() && kind.is_dir()) {
+                    remove_any(&dest).map_err(io_err("remove", &dest))?;
                 }
             }
-            continue;
+            match kind {
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name()
+                        .map_err(fail("read layer", Path::new(name)))?
+                        .ok_or_else(|| bad(&shown, "a hard link without a target".into()))?
+                        .into_owned();
+                    let target_rel = clean_relative(&target).ok_or_else(|| {
+                        bad(
+                            &shown,
+                            "its hard link target leaves the root filesystem".into(),
+                        )
+                    })?;
+                    let Some(target_name) = target_rel.file_name() else {
+                        return Err(bad(&shown, "a hard link to the root directory".into()));
+                    };
+                    // As tar does, link the entry itself: a symlink stays a symlink, inside root.
+                    let source = secure_join(root, target_rel.parent().unwrap_or(Path::new("")))
+                        .map_err(|e| bad(&shown, e.to_string()))?
+                        .join(target_name);
+                    fs::hard_link(&source, &dest).map_err(io_err("link", &dest))?;
+                }
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                    // Device nodes come from the runtime's /dev; images need not carry them.
+                    break 'apply;
+                }
+                _ => {
+                    entry.unpack(&dest).map_err(fail("write", &dest))?;
+                }
+            }
+            written.insert(rel);
         }
-        if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            let target = parent.join(hidden);
-            if fs::symlink_metadata(&target).is_ok() {
-                remove_any(&target).map_err(io_err("remove", &target))?;
-            }
-            continue;
-        }
-        fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
-        let dest = parent.join(&file_name);
-        let kind = entry.header().entry_type();
-        let existing = fs::symlink_metadata(&dest).ok();
-        if let Some(meta) = existing {
-            // A directory over a directory merges; anything else replaces what was there.
-            if !(meta.is_dir() && kind.is_dir()) {
-                remove_any(&dest).map_err(io_err("remove", &dest))?;
-            }
-        }
-        match kind {
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(io_err("read layer", Path::new(name)))?
-                    .ok_or_else(|| bad(&shown, "a hard link without a target".into()))?
-                    .into_owned();
-                let target_rel = clean_relative(&target).ok_or_else(|| {
-                    bad(
-                        &shown,
-                        "its hard link target leaves the root filesystem".into(),
-                    )
-                })?;
-                let source =
-                    secure_join(root, &target_rel).map_err(|e| bad(&shown, e.to_string()))?;
-                fs::hard_link(&source, &dest).map_err(io_err("link", &dest))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                // Device nodes come from the runtime's /dev; images need not carry them.
-                continue;
-            }
-            _ => {
-                entry.unpack(&dest).map_err(io_err("write", &dest))?;
-            }
-        }
-        written.insert(rel);
+        // Read what was not (a whiteout's content, a device's): the tar reader would skip it
+        // while the meter counts the next entry's headers.
+        io::copy(&mut entry, &mut io::sink()).map_err(fail("read layer", Path::new(name)))?;
     }
     Ok(())
 }

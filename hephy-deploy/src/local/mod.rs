@@ -10,6 +10,7 @@
 //! rootfs/<manifest hex>/rootfs unpacked images, shared by releases of the same image
 //! ```
 
+mod builder;
 mod health;
 pub mod logs;
 mod runtime;
@@ -22,12 +23,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hephy_core::{
     async_trait, format_elapsed, AppName, ConfigVarError, ConfigVars, DeployError, Deployer,
-    Events, NewRelease, Platform, Reference, Release, ReleaseVersion, Stage, Strategy,
+    Events, NewRelease, Reference, Release, ReleaseVersion, Stage, Strategy,
 };
 use hephy_oci::layout::OciLayout;
-use hephy_oci::RegistryOptions;
 use serde::{Deserialize, Serialize};
 
+pub use self::builder::LocalDeployerBuilder;
 pub use self::logs::LogStream;
 use crate::ledger::{Ledger, LedgerError};
 use crate::router::{HostRouter, Router, Upstream};
@@ -39,115 +40,6 @@ pub use hephy_oci::LOCAL_REGISTRY;
 
 /// How many log lines an [`DeployError::Unhealthy`] carries.
 const LOG_TAIL: usize = 20;
-
-/// Builds a [`LocalDeployer`]; from [`LocalDeployer::builder`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct LocalDeployerBuilder {
-    data_dir: PathBuf,
-    layout_root: Option<PathBuf>,
-    runc: PathBuf,
-    runc_root: Option<PathBuf>,
-    bind: IpAddr,
-    drain_timeout: Duration,
-    stop_timeout: Duration,
-    platform: Platform,
-    registry: RegistryOptions,
-    host_routing: Option<SocketAddr>,
-    create_on_deploy: bool,
-}
-
-impl LocalDeployerBuilder {
-    /// Creates an app on its first deploy instead of refusing it as unknown (off by default), as
-    /// a server that takes pushes to apps made before this deployer knew them needs.
-    pub fn create_apps_on_deploy(mut self, yes: bool) -> Self {
-        self.create_on_deploy = yes;
-        self
-    }
-
-    /// Also serves every app on one shared address, routed by the HTTP `Host` header:
-    /// `APP.localhost` (see [`LocalDeployer::host_url`]). Off by default.
-    pub fn host_routing(mut self, addr: SocketAddr) -> Self {
-        self.host_routing = Some(addr);
-        self
-    }
-
-    /// How images from registries are pulled: credentials, plain-HTTP registries, retries
-    /// (default: [`RegistryOptions::from_env`], Docker `config.json` credentials).
-    pub fn registry(mut self, options: RegistryOptions) -> Self {
-        self.registry = options;
-        self
-    }
-
-    /// Where `hephy.local/<app>` image references are found: the OCI layout at
-    /// `<root>/hephy.local/<repository>` (default: `<data dir>/layouts`).
-    pub fn layout_root(mut self, root: impl Into<PathBuf>) -> Self {
-        self.layout_root = Some(root.into());
-        self
-    }
-
-    /// The `runc` binary (default: `runc` from `PATH`).
-    pub fn runc(mut self, binary: impl Into<PathBuf>) -> Self {
-        self.runc = binary.into();
-        self
-    }
-
-    /// runc's state directory (`runc --root`; default: runc's own, `/run/runc`).
-    pub fn runc_root(mut self, root: impl Into<PathBuf>) -> Self {
-        self.runc_root = Some(root.into());
-        self
-    }
-
-    /// The address app routers listen on (default: 127.0.0.1).
-    pub fn bind(mut self, ip: IpAddr) -> Self {
-        self.bind = ip;
-        self
-    }
-
-    /// How long an old release may keep serving open connections after a switch (default 10s).
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// How long a release has to exit after SIGTERM before it is killed (default 10s).
-    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
-        self.stop_timeout = timeout;
-        self
-    }
-
-    /// The platform whose manifest is chosen from multi-platform images (default: this host's).
-    pub fn platform(mut self, platform: Platform) -> Self {
-        self.platform = platform;
-        self
-    }
-
-    /// Opens the deployer, creating the data directory if needed. Nothing runs yet: call
-    /// [`LocalDeployer::restore`] to bring back the apps of an earlier run.
-    pub fn build(self) -> Result<LocalDeployer, DeployError> {
-        let ledger = Ledger::open(self.data_dir.join("apps"))?;
-        let mut runc = Runc::new(&self.runc);
-        if let Some(root) = &self.runc_root {
-            runc = runc.with_root(root);
-        }
-        let layout_root = self
-            .layout_root
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("layouts"));
-        Ok(LocalDeployer {
-            inner: Arc::new(Inner {
-                layout_root,
-                rootfs_cache: self.data_dir.join("rootfs"),
-                ledger,
-                runc,
-                cgroups: CgroupSupport::detect(),
-                slots: tokio::sync::Mutex::new(HashMap::new()),
-                host_router: tokio::sync::OnceCell::new(),
-                opts: self,
-            }),
-        })
-    }
-}
 
 /// What runs now for an app, kept as the `live` state document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -299,19 +191,7 @@ fn validate(release: &NewRelease) -> Result<(), DeployError> {
 impl LocalDeployer {
     /// A builder for a deployer keeping its state in `data_dir`.
     pub fn builder(data_dir: impl Into<PathBuf>) -> LocalDeployerBuilder {
-        LocalDeployerBuilder {
-            data_dir: data_dir.into(),
-            layout_root: None,
-            runc: PathBuf::from("runc"),
-            runc_root: None,
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            drain_timeout: Duration::from_secs(10),
-            stop_timeout: Duration::from_secs(10),
-            platform: Platform::host(),
-            registry: RegistryOptions::from_env(),
-            host_routing: None,
-            create_on_deploy: false,
-        }
+        LocalDeployerBuilder::new(data_dir.into())
     }
 
     /// The data directory.
@@ -620,10 +500,11 @@ impl LocalDeployer {
         };
         let platform = self.inner.opts.platform.clone();
         let cache = self.inner.rootfs_cache.clone();
+        let limits = self.inner.opts.unpack_limits;
         let ev = events.clone();
         let reference = reference.clone();
         tokio::task::spawn_blocking(move || {
-            let image = unpack::resolve(&layout, &digest, &platform)
+            let image = unpack::resolve(&layout, &digest, &platform, &limits)
                 .map_err(|e| other(format!("cannot read image {reference}: {e}"), e))?;
             if unpack::is_unpacked(&image, &cache) {
                 ev.log(format!(
@@ -638,7 +519,7 @@ impl LocalDeployer {
                 ));
             }
             let started = Instant::now();
-            let rootfs = unpack::unpack_rootfs(&image, &cache)
+            let rootfs = unpack::unpack_rootfs(&image, &cache, &limits)
                 .map_err(|e| other(format!("cannot unpack image {reference}: {e}"), e))?;
             if started.elapsed() > Duration::from_millis(50) {
                 ev.log(format!("unpacked in {}", format_elapsed(started.elapsed())));
