@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hephy_core::AppName;
-use russh::keys::{HashAlg, PublicKey};
+use russh::keys::HashAlg;
+/// An SSH public key: russh's (0.65) re-export of `ssh-key`'s, parsed with `PublicKey::from_openssh`.
+pub use russh::keys::PublicKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;

@@ -25,12 +25,20 @@
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}/hello.git", listener.local_addr()?);
-//! let http = tokio::spawn(async move { axum::serve(listener, server.http_router()).await });
+//! let http = tokio::spawn(async move { server.serve_http(listener).await });
 //! // `git push {url} main` now pushes to the app.
 //! # let _ = url;
 //! http.abort();
 //! # Ok(()) }
 //! ```
+//!
+//! # Public dependencies
+//!
+//! [`GitServer::serve_http`] and [`GitServer::serve_ssh`] need no web or SSH crate of your own.
+//! Where foreign types still show ([`GitServer::http_router`] is an `axum::Router`,
+//! [`auth::PublicKey`] and [`ssh::SshServer::host_public_key`] are russh's), the crates are
+//! re-exported as [`axum`] and [`russh`]: use those paths instead of depending on them, so the
+//! versions always match.
 #![deny(missing_docs)]
 
 pub mod auth;
@@ -38,13 +46,23 @@ mod http;
 mod lock;
 mod receive;
 mod repo;
+mod serve;
 mod server;
 mod source;
 pub mod ssh;
 
+/// The axum version hephy-git's router uses (0.8), re-exported so that
+/// [`GitServer::http_router`] can be merged with your own routes and served without a second,
+/// clashing axum in your dependency tree.
+pub use axum;
+/// The russh version of hephy-git's SSH server (0.65), whose key types appear in [`auth`] and
+/// [`ssh`]; [`auth::PublicKey`] is the one most callers need.
+pub use russh;
+
 pub use lock::{LockError, LockHolder};
 pub use receive::ReceiveError;
 pub use repo::{repo_path, RepoPathError};
+pub use serve::ServeError;
 pub use server::{
     AppError, GitServer, GitServerBuilder, ServerBuildError, UrlHook, DEFAULT_KEEPALIVE,
     DEFAULT_MAX_PUSH_BYTES, DEFAULT_MAX_PUSH_OPTIONS, DEFAULT_MAX_PUSH_OPTIONS_BYTES,

@@ -54,7 +54,7 @@ pub(crate) struct Inner {
 
 /// The git push server: one bare repository per app under `<data_dir>/repos/<app>.git`, the
 /// receive-pack protocol over any byte stream ([`GitServer::receive_pack`], used by SSH) and over
-/// smart HTTP ([`GitServer::http_router`]).
+/// smart HTTP ([`GitServer::serve_http`], or [`GitServer::http_router`] to add routes).
 ///
 /// Cheap to clone; clones share everything, including the push locks.
 #[derive(Clone)]
@@ -494,7 +494,8 @@ impl GitServer {
 
     /// The smart HTTP router: `GET /APP.git/info/refs?service=git-receive-pack` and
     /// `POST /APP.git/git-receive-pack`, with token auth over HTTP basic when the server has
-    /// accounts.
+    /// accounts. For merging with your own routes; its axum is re-exported as [`crate::axum`].
+    /// To serve git alone, [`GitServer::serve_http`] needs no axum of your own.
     pub fn http_router(&self) -> axum::Router {
         crate::http::router(self.clone())
     }

@@ -58,7 +58,7 @@ const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// the connection, which cancels a build whose pusher vanished without closing the socket.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 
-/// The error returned by [`SshServer::new`] and [`SshServer::run`].
+/// The error returned by [`SshServer::new`], [`SshServer::run`] and [`GitServer::serve_ssh`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SshError {
@@ -84,6 +84,10 @@ pub enum SshError {
     /// Accepting connections failed.
     #[error("the SSH server stopped accepting connections: {0}")]
     Serve(#[source] io::Error),
+    /// [`GitServer::serve_ssh`] was called on a server without accounts, which SSH needs to
+    /// know whose key is whose.
+    #[error("SSH needs accounts to authenticate keys: build the GitServer with .accounts(Accounts::open(data_dir)?), or serve HTTP only")]
+    NoAccounts,
 }
 
 /// The SSH front end of a [`GitServer`]: public-key auth against [`Accounts`] and

@@ -66,8 +66,7 @@ async fn main() -> Result<(), Error> {
     }
     out.flush()?;
     drop(out);
-    let router = server.http_router();
-    tasks.spawn(async move { axum::serve(http, router).await.map_err(Error::from) });
+    tasks.spawn(async move { server.serve_http(http).await.map_err(Error::from) });
     while let Some(done) = tasks.join_next().await {
         done??;
     }

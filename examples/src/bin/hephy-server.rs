@@ -218,7 +218,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         admin_token.as_deref(),
     );
 
-    let serve = axum::serve(http, app).with_graceful_shutdown(runtime::shutdown_signal());
+    let serve =
+        hephy_git::axum::serve(http, app).with_graceful_shutdown(runtime::shutdown_signal());
     serve.await?;
     if let Some(s) = ssh {
         s.abort();

@@ -162,9 +162,9 @@ impl TestServer {
         let server = builder.pipeline(Arc::new(pipeline)).build()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let router = server.http_router();
+        let serving = server.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = serving.serve_http(listener).await;
         });
         Ok(TestServer {
             dir,

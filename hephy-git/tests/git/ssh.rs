@@ -216,6 +216,42 @@ async fn push_over_ssh_builds_and_the_host_key_survives_a_restart() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_server_serves_ssh_itself_when_it_has_accounts() -> Result {
+    let (server, app, work, repo) = server_with_app("hello").await?;
+    let (key, public) = keygen(work.path(), "alice", "ed25519").await?;
+    server.accounts.add_key("alice", &public)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let git = server.server.clone();
+    let host_key = work.path().join("host_key");
+    let ssh = tokio::spawn(async move { git.serve_ssh(listener, host_key).await });
+
+    let c1 = commit_file(&repo, "index.html", b"<h1>hello</h1>\n", "first").await?;
+    let push = run(git_ssh(
+        &repo,
+        &["push", &url(port, "hello.git"), "main"],
+        &key,
+        port,
+        None,
+    ))
+    .await?;
+    ssh.abort();
+    assert!(push.ok, "the push to serve_ssh failed:\n{}", push.stderr);
+    assert_server_repo(&server, &app, &[("refs/heads/main", &c1)]).await?;
+
+    // Without accounts no key could be authenticated: refused before listening.
+    let anonymous = hephy_git::GitServer::builder(work.path().join("anonymous")).build()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let refused = anonymous
+        .serve_ssh(listener, work.path().join("other_host_key"))
+        .await
+        .err()
+        .ok_or("serve_ssh served without accounts")?;
+    insta::assert_snapshot!(refused, @"SSH needs accounts to authenticate keys: build the GitServer with .accounts(Accounts::open(data_dir)?), or serve HTTP only");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_refuses_unknown_keys_other_commands_and_other_peoples_apps() -> Result {
     let (server, _app, work, repo) = server_with_app("hello").await?;
     let (alice_key, alice_public) = keygen(work.path(), "alice", "ed25519").await?;
