@@ -11,7 +11,9 @@
 //! talking to git, registries or clusters: `hephy-git`, `hephy-oci`, `hephy-backends` and
 //! `hephy-deploy` implement the traits, and depend on this crate, never the other way round. Its dependencies
 //! are few and stable (serde, thiserror, async-trait, toml, humantime, and tokio's `sync` and
-//! `time`), and its API changes only deliberately (see `STABILITY.md`).
+//! `time`), and its API changes only deliberately (see `STABILITY.md`). One small std-only module,
+//! [`fs`], is the single way every hephy crate writes a state file durably and with the right
+//! permissions.
 //!
 //! # Example
 //!
@@ -74,6 +76,7 @@ mod deploy;
 mod digest;
 mod error;
 mod event;
+pub mod fs;
 mod pipeline;
 mod platform;
 mod publish;
