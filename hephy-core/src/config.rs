@@ -14,6 +14,9 @@ use crate::Platform;
 /// The file name of an app's configuration at the root of its repository.
 pub const CONFIG_FILE: &str = "hephy.toml";
 
+/// The largest `hephy.toml` [`AppConfig::load`] reads (1 MB).
+const CONFIG_LIMIT: u64 = 1 << 20;
+
 /// The error returned by [`AppConfig::from_toml`] and [`BuildConfig::backend_settings`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}{}: {message}", location(*.line, *.column))]
@@ -148,6 +151,10 @@ pub struct BuildConfig {
     pub platform_failure: PlatformFailurePolicy,
     /// Environment variables set for the build tools (not for the running app).
     pub env: BTreeMap<String, String>,
+    /// Whether the build tools may reach the network, for dependency downloads (default true).
+    /// `network = false` turns it off for this app; it can only narrow what the server's admin
+    /// allows, never widen it.
+    pub network: bool,
     backends: BTreeMap<String, BackendSettings>,
 }
 
@@ -159,6 +166,7 @@ impl Default for BuildConfig {
             timeout: None,
             platform_failure: PlatformFailurePolicy::Fail,
             env: BTreeMap::new(),
+            network: true,
             backends: BTreeMap::new(),
         }
     }
@@ -451,10 +459,18 @@ struct RawBuild {
     timeout: Option<Duration>,
     platform_failure: Option<PlatformFailurePolicy>,
     env: BTreeMap<String, String>,
+    network: Option<bool>,
     tables: BTreeMap<String, toml::Spanned<toml::Table>>,
 }
 
-const BUILD_KEYS: &[&str] = &["backend", "platforms", "timeout", "platform-failure", "env"];
+const BUILD_KEYS: &[&str] = &[
+    "backend",
+    "platforms",
+    "timeout",
+    "platform-failure",
+    "env",
+    "network",
+];
 
 impl<'de> Deserialize<'de> for RawBuild {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -480,6 +496,7 @@ impl<'de> Deserialize<'de> for RawBuild {
                         }
                         "platform-failure" => b.platform_failure = Some(map.next_value()?),
                         "env" => b.env = map.next_value()?,
+                        "network" => b.network = Some(map.next_value()?),
                         _ => {
                             let v: toml::Spanned<toml::Value> = map.next_value()?;
                             let span = v.span();
@@ -544,6 +561,9 @@ impl AppConfig {
                 build.platform_failure = f;
             }
             build.env = rb.env;
+            if let Some(n) = rb.network {
+                build.network = n;
+            }
             for (name, t) in rb.tables {
                 let tspan = t.span();
                 let probe = ConfigError::at(file, src, Some(tspan.start), String::new());
@@ -577,16 +597,58 @@ impl AppConfig {
     }
 
     /// Reads `hephy.toml` from the directory `root`; all defaults if there is none.
+    ///
+    /// The file comes from a push, so it is read with a bound (1 MB) and must be a
+    /// regular file inside `root` after following symlinks: a committed `hephy.toml ->
+    /// /dev/zero` (or `-> /etc/...`) is refused, not read.
     pub fn load(root: &Path) -> Result<AppConfig, ConfigError> {
+        use std::io::Read as _;
         let path = root.join(CONFIG_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(src) => AppConfig::from_toml(CONFIG_FILE, &src),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AppConfig::default()),
-            Err(e) => Err(ConfigError::new(
-                CONFIG_FILE,
-                format!("cannot read {}: {e}", path.display()),
-            )),
+        let cannot = |e: std::io::Error| {
+            ConfigError::new(CONFIG_FILE, format!("cannot read {}: {e}", path.display()))
+        };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(AppConfig::default()),
+            Err(e) => return Err(cannot(e)),
+        };
+        if meta.file_type().is_symlink() {
+            let inside = match (path.canonicalize(), root.canonicalize()) {
+                (Ok(real), Ok(root)) => real.starts_with(&root),
+                _ => false,
+            };
+            if !inside {
+                return Err(ConfigError::new(
+                    CONFIG_FILE,
+                    "a symlink that leads outside the repository (or nowhere): commit the file itself instead of a link",
+                ));
+            }
         }
+        let meta = std::fs::metadata(&path).map_err(cannot)?;
+        if !meta.is_file() {
+            return Err(ConfigError::new(
+                CONFIG_FILE,
+                "not a regular file: commit a text file named hephy.toml",
+            ));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .map_err(cannot)?
+            .take(CONFIG_LIMIT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > CONFIG_LIMIT {
+            return Err(ConfigError::new(
+                CONFIG_FILE,
+                format!(
+                    "{} bytes; the limit is 1 MB: keep it to settings (a hephy.toml is a few lines)",
+                    meta.len().max(bytes.len() as u64)
+                ),
+            ));
+        }
+        let src = String::from_utf8(bytes)
+            .map_err(|_| ConfigError::new(CONFIG_FILE, "not UTF-8 text: save it as UTF-8"))?;
+        AppConfig::from_toml(CONFIG_FILE, &src)
     }
 }
 

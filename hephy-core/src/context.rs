@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{AppConfig, ConfigError};
+use crate::{AppConfig, AppName, ConfigError};
 
 /// A revision of an app's source: the commit a push brought.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -72,6 +72,7 @@ impl Revision {
 pub struct BuildContext {
     dir: PathBuf,
     config: AppConfig,
+    app: Option<AppName>,
     revision: Option<Revision>,
     source_date_epoch: Option<SystemTime>,
 }
@@ -82,6 +83,7 @@ impl BuildContext {
         BuildContext {
             dir: dir.into(),
             config,
+            app: None,
             revision: None,
             source_date_epoch: None,
         }
@@ -98,6 +100,18 @@ impl BuildContext {
     pub fn with_revision(mut self, revision: Revision) -> Self {
         self.revision = Some(revision);
         self
+    }
+
+    /// Sets the app the context is built for (the pipeline sets the job's app); backends key
+    /// per-app state, such as build caches, by it.
+    pub fn with_app(mut self, app: AppName) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// The app the context is built for, when known.
+    pub fn app(&self) -> Option<&AppName> {
+        self.app.as_ref()
     }
 
     /// Fixes the time written into images, overriding `SOURCE_DATE_EPOCH` and the commit time.

@@ -612,7 +612,8 @@ impl Pipeline {
                 };
                 BuildContext::open(&dir)?.with_revision(revision)
             }
-        };
+        }
+        .with_app(app.clone());
 
         // Detect.
         state.enter(Stage::Detect);

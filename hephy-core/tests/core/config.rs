@@ -93,6 +93,7 @@ fn config_errors_give_line_column_and_fix() {
         "[deploy]\nport = 70000\n",
         "[deploy]\nresources = { memory = \"lots\" }\n",
         "[deplyo]\nport = 1\n",
+        "[build]\nnetwork = \"off\"\n",
         "this is not toml",
     ];
     let out: Vec<String> = cases
@@ -123,5 +124,41 @@ fn backend_table_errors_name_the_table() -> Result {
         .map(|_| ())
         .map_err(|e| e.to_string());
     insta::assert_snapshot!(err.err().unwrap_or_default());
+    Ok(())
+}
+
+#[test]
+fn build_network_is_on_unless_turned_off() -> Result {
+    assert!(AppConfig::default().build.network);
+    let c = AppConfig::from_toml("hephy.toml", "[build]\nnetwork = false\n")?;
+    assert!(!c.build.network);
+    Ok(())
+}
+
+/// hephy.toml comes from a push: a link out of the repository, a device or a huge file is
+/// refused before it is read.
+#[test]
+fn load_refuses_a_hephy_toml_that_is_not_a_small_file_of_the_repository() -> Result {
+    let refusal = |files: &dyn Fn(&std::path::Path) -> std::io::Result<()>| -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        files(dir.path())?;
+        Ok(match AppConfig::load(dir.path()) {
+            Ok(_) => "loaded".to_owned(),
+            Err(e) => e.to_string(),
+        })
+    };
+    let out = [
+        refusal(&|d| std::os::unix::fs::symlink("/dev/zero", d.join("hephy.toml")))?,
+        refusal(&|d| std::os::unix::fs::symlink("/etc/hostname", d.join("hephy.toml")))?,
+        refusal(&|d| std::fs::create_dir(d.join("hephy.toml")))?,
+        refusal(&|d| std::fs::write(d.join("hephy.toml"), "#".repeat(3 << 20)))?,
+        refusal(&|d| std::fs::write(d.join("hephy.toml"), b"\xff\xfe"))?,
+        // A link to a file of the repository is fine.
+        refusal(&|d| {
+            std::fs::write(d.join("real.toml"), "[deploy]\nport = 9000\n")?;
+            std::os::unix::fs::symlink("real.toml", d.join("hephy.toml"))
+        })?,
+    ];
+    insta::assert_snapshot!(out.join("\n"));
     Ok(())
 }
