@@ -246,6 +246,30 @@ pub struct Resources {
     /// CPU limit in cores (`cpus = 0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// How many processes and threads the app may run at once (`pids = 512`); without it a
+    /// deployer applies its own default (the local deployer's is 1024). Kubernetes sets this per
+    /// node, not per app, so the Kubernetes deployer ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// Whether an app may open connections to other hosts (`[deploy] egress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Egress {
+    /// The app reaches other hosts (the internet, DNS); never the services of its own host.
+    #[default]
+    Allow,
+    /// The app only answers the requests routed to it: no connection leaves its container.
+    Deny,
+}
+
+impl Egress {
+    /// Whether this is the default, [`Egress::Allow`].
+    pub fn is_default(&self) -> bool {
+        *self == Egress::Allow
+    }
 }
 
 /// The `[deploy]` section of `hephy.toml`, kept with every release.
@@ -268,6 +292,10 @@ pub struct DeployConfig {
     /// Resource limits.
     #[serde(default)]
     pub resources: Resources,
+    /// Whether the app may open connections to other hosts (the local deployer enforces it;
+    /// the Kubernetes deployer does not yet).
+    #[serde(default, skip_serializing_if = "Egress::is_default")]
+    pub egress: Egress,
 }
 
 fn default_port() -> u16 {
@@ -286,6 +314,7 @@ impl Default for DeployConfig {
             strategy: Strategy::default(),
             health: HealthCheck::default(),
             resources: Resources::default(),
+            egress: Egress::default(),
         }
     }
 }
