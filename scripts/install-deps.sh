@@ -3,7 +3,8 @@
 # Idempotent: packages already present are skipped by apt.
 set -euo pipefail
 PKGS=(git openssh-client openssh-server docker-registry skopeo umoci runc golang-go
-      qemu-user-static buildah busybox-static curl ca-certificates pkg-config iproute2)
+      qemu-user-static buildah busybox-static curl ca-certificates pkg-config iproute2
+      passt uidmap)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

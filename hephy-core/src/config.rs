@@ -262,8 +262,32 @@ pub struct Resources {
     /// CPU limit in cores (`cpus = 0.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// How many processes and threads the app may run at once (`pids = 512`); without it a
+    /// deployer applies its own default (the local deployer's is 1024). Kubernetes sets this per
+    /// node, not per app, so the Kubernetes deployer ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
     #[serde(flatten)]
     unknown: UnknownFields,
+}
+
+/// Whether an app may open connections to other hosts (`[deploy] egress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Egress {
+    /// The app reaches other hosts (the internet, DNS); never the services of its own host.
+    #[default]
+    Allow,
+    /// The app only answers the requests routed to it: no connection leaves its container.
+    Deny,
+}
+
+impl Egress {
+    /// Whether this is the default, [`Egress::Allow`].
+    pub fn is_default(&self) -> bool {
+        *self == Egress::Allow
+    }
 }
 
 /// The `[deploy]` section of `hephy.toml`, kept with every release.
@@ -292,6 +316,10 @@ pub struct DeployConfig {
     /// Resource limits.
     #[serde(default)]
     pub resources: Resources,
+    /// Whether the app may open connections to other hosts (the local deployer enforces it;
+    /// the Kubernetes deployer does not yet).
+    #[serde(default, skip_serializing_if = "Egress::is_default")]
+    pub egress: Egress,
     #[serde(flatten)]
     unknown: UnknownFields,
 }
@@ -312,6 +340,7 @@ impl Default for DeployConfig {
             strategy: Strategy::default(),
             health: HealthCheck::default(),
             resources: Resources::default(),
+            egress: Egress::default(),
             unknown: UnknownFields::default(),
         }
     }
@@ -333,6 +362,8 @@ struct TomlDeploy {
     health: Option<TomlHealth>,
     #[serde(default)]
     resources: Option<TomlResources>,
+    #[serde(default)]
+    egress: Egress,
 }
 
 /// `[deploy.health]` in `hephy.toml`; see [`TomlDeploy`].
@@ -355,6 +386,8 @@ struct TomlResources {
     memory: Option<u64>,
     #[serde(default)]
     cpus: Option<f64>,
+    #[serde(default)]
+    pids: Option<u32>,
 }
 
 impl TomlDeploy {
@@ -365,6 +398,7 @@ impl TomlDeploy {
             strategy,
             health,
             resources,
+            egress,
         } = self;
         DeployConfig {
             port,
@@ -374,6 +408,7 @@ impl TomlDeploy {
             resources: resources
                 .map(TomlResources::into_stored)
                 .unwrap_or_default(),
+            egress,
             unknown: UnknownFields::default(),
         }
     }
@@ -397,10 +432,11 @@ impl TomlHealth {
 
 impl TomlResources {
     fn into_stored(self) -> Resources {
-        let TomlResources { memory, cpus } = self;
+        let TomlResources { memory, cpus, pids } = self;
         Resources {
             memory,
             cpus,
+            pids,
             unknown: UnknownFields::default(),
         }
     }

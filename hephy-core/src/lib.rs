@@ -91,8 +91,8 @@ pub use async_trait::async_trait;
 pub use app::{AppName, AppNameError};
 pub use backend::{Backend, BuildError, BuildTarget, BuiltImage, Confidence, Detection};
 pub use config::{
-    AppConfig, BackendChoice, BackendSettings, BuildConfig, ConfigError, DeployConfig, HealthCheck,
-    PlatformFailurePolicy, Resources, Strategy, CONFIG_FILE,
+    AppConfig, BackendChoice, BackendSettings, BuildConfig, ConfigError, DeployConfig, Egress,
+    HealthCheck, PlatformFailurePolicy, Resources, Strategy, CONFIG_FILE,
 };
 pub use context::{BuildContext, Revision};
 pub use deploy::{DeployError, Deployer};

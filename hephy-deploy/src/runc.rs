@@ -1,6 +1,8 @@
 //! Running releases with `runc`: the OCI runtime spec of a release, and the `runc` commands
 //! that start, inspect and stop containers.
 
+pub mod seccomp;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -9,10 +11,11 @@ use hephy_core::{ConfigVars, Resources};
 use oci_spec::image::ImageConfiguration;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, UserBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::unpack::secure_join;
 
@@ -36,6 +39,16 @@ pub enum SpecError {
     WorkingDir {
         /// The directory.
         dir: String,
+    },
+    /// The image's user is outside the ids the container's user namespace maps.
+    #[error("the image's user {uid}:{gid} is outside the container's {size} user ids: use a uid and gid below {size}")]
+    UserOutsideRange {
+        /// The uid.
+        uid: u32,
+        /// The gid.
+        gid: u32,
+        /// How many ids the user namespace maps.
+        size: u32,
     },
     /// The spec could not be assembled.
     #[error("cannot assemble the runtime spec: {0}")]
@@ -65,6 +78,28 @@ pub struct SpecInput<'a> {
     pub resources: &'a Resources,
     /// Which cgroup controllers the host lets us use.
     pub cgroups: CgroupSupport,
+    /// The host ids that the container's users and groups `0..size` are, in a user namespace of
+    /// its own; `None` keeps the host's user namespace, where the container's root is the host's.
+    pub ids: Option<IdRange>,
+    /// A directory with the files `hosts`, `hostname` and `resolv.conf`, bind-mounted read-only
+    /// over the image's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`.
+    pub etc: Option<&'a Path>,
+}
+
+/// The files [`SpecInput::etc`] names, in that directory.
+pub const ETC_FILES: [&str; 3] = ["hosts", "hostname", "resolv.conf"];
+
+/// The process and thread limit of a container whose release sets no `[deploy.resources] pids`.
+pub const DEFAULT_PIDS_LIMIT: u32 = 1024;
+
+/// A range of host user and group ids, the ones a user namespace maps its ids `0..size` to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IdRange {
+    /// The host id that is 0 (root) in the container.
+    pub host_first: u32,
+    /// How many ids there are.
+    pub size: u32,
 }
 
 /// Which cgroup controllers can limit containers on this host.
@@ -74,6 +109,8 @@ pub struct CgroupSupport {
     pub memory: bool,
     /// CPU quotas work.
     pub cpu: bool,
+    /// Process-count limits work.
+    pub pids: bool,
 }
 
 impl CgroupSupport {
@@ -85,11 +122,13 @@ impl CgroupSupport {
             return CgroupSupport {
                 memory: has("memory"),
                 cpu: has("cpu"),
+                pids: has("pids"),
             };
         }
         CgroupSupport {
             memory: base.join("memory").is_dir(),
             cpu: base.join("cpu").is_dir() || base.join("cpu,cpuacct").is_dir(),
+            pids: base.join("pids").is_dir(),
         }
     }
 }
@@ -106,8 +145,14 @@ pub struct RuntimeSpec {
 
 /// The OCI runtime spec of a release: the image's entrypoint and cmd, its user (a number or a
 /// name from the image's `/etc/passwd`), env (image env, then config vars, then `PORT`) and
-/// working dir; a read-only root with a writable tmpfs `/tmp`; no new privileges and no
-/// capabilities; the host's network namespace; and memory and CPU limits where cgroups allow.
+/// working dir; a read-only root with a writable tmpfs `/tmp`; no new privileges, no
+/// capabilities and Docker's default seccomp profile ([`seccomp`]); a network namespace of its
+/// own with only loopback (something like pasta must attach it to the world, see
+/// `local::network`); a user namespace when [`SpecInput::ids`] says so; the `/etc` files of
+/// [`SpecInput::etc`]; and memory, CPU and process-count limits where cgroups allow.
+///
+/// With a user namespace, the container's root cannot create the mount points in a root
+/// filesystem owned by the host's root: call [`prepare_mount_points`] before starting it.
 pub fn runtime_spec(
     image: &ImageConfiguration,
     input: &SpecInput<'_>,
@@ -153,6 +198,15 @@ pub fn runtime_spec(
     }
 
     let (uid, gid) = resolve_user(input.rootfs, config.user().as_deref().unwrap_or(""))?;
+    if let Some(ids) = input.ids {
+        if uid >= ids.size || gid >= ids.size {
+            return Err(SpecError::UserOutsideRange {
+                uid,
+                gid,
+                size: ids.size,
+            });
+        }
+    }
     let user = UserBuilder::default()
         .uid(uid)
         .gid(gid)
@@ -200,22 +254,24 @@ pub fn runtime_spec(
             .build()
             .map_err(build_err)?,
     );
-    // The host's resolver config, so the app can reach the network it shares with the host.
-    if Path::new("/etc/resolv.conf").is_file() && input.rootfs.join("etc").is_dir() {
-        mounts.push(
-            MountBuilder::default()
-                .destination("/etc/resolv.conf")
-                .typ("bind")
-                .source("/etc/resolv.conf")
-                .options(vec![
-                    "rbind".into(),
-                    "ro".into(),
-                    "nosuid".into(),
-                    "nodev".into(),
-                ])
-                .build()
-                .map_err(build_err)?,
-        );
+    if let Some(etc) = input.etc {
+        for name in ETC_FILES {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(format!("/etc/{name}"))
+                    .typ("bind")
+                    .source(etc.join(name))
+                    .options(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "noexec".into(),
+                    ])
+                    .build()
+                    .map_err(build_err)?,
+            );
+        }
     }
 
     let mut resources =
@@ -257,10 +313,46 @@ pub fn runtime_spec(
         }
     }
 
+    let pids = input.resources.pids.unwrap_or(DEFAULT_PIDS_LIMIT);
+    if input.cgroups.pids {
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::from(pids))
+                .build()
+                .map_err(build_err)?,
+        );
+    } else {
+        warnings.push(format!(
+            "process limit of {pids} skipped: this host has no usable pids cgroup controller"
+        ));
+    }
+
+    // pid, network (runc creates it with loopback only), ipc, uts and mount.
     let mut namespaces = oci_spec::runtime::get_default_namespaces();
-    // The host's network: each release gets its own port instead of its own network.
-    namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(ids) = input.ids {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .map_err(build_err)?,
+        );
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(ids.host_first)
+            .size(ids.size)
+            .build()
+            .map_err(build_err)?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
+    match seccomp::default_profile().map_err(build_err)? {
+        Some(profile) => linux = linux.seccomp(profile),
+        None => warnings.push(format!(
+            "no seccomp profile for {}: the container may make any system call its other limits allow",
+            std::env::consts::ARCH
+        )),
+    }
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources.build().map_err(build_err)?)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
@@ -275,6 +367,52 @@ pub fn runtime_spec(
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));
     Ok(RuntimeSpec { spec, warnings })
+}
+
+/// Creates in `rootfs` what the mounts of `spec` need there: directories for file systems,
+/// empty files for bind-mounted files, and `/tmp` with mode 1777.
+///
+/// runc makes missing mount points itself, but not in a user namespace: the root filesystem
+/// belongs to the host's root, whom the container's root is not. And runc gives a tmpfs the mode
+/// of the directory it covers, so an image's `/tmp` of mode 0755 would make the tmpfs unwritable
+/// for every user but the container's root.
+pub fn prepare_mount_points(spec: &Spec, rootfs: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    let is_bind = |m: &oci_spec::runtime::Mount| m.typ().as_deref() == Some("bind");
+    // Mount points inside another file system (/dev/pts in the /dev tmpfs) are runc's to make.
+    let filesystems: Vec<&Path> = mounts
+        .iter()
+        .filter(|m| !is_bind(m))
+        .map(|m| m.destination().as_path())
+        .collect();
+    for m in mounts {
+        let dest = m.destination();
+        if filesystems
+            .iter()
+            .any(|fs| *fs != dest && dest.starts_with(fs))
+        {
+            continue;
+        }
+        let path = secure_join(rootfs, dest.strip_prefix("/").unwrap_or(dest))?;
+        let file = is_bind(m) && m.source().as_ref().is_some_and(|s| s.is_file());
+        if !file {
+            std::fs::create_dir_all(&path)?;
+        } else if std::fs::symlink_metadata(&path).is_err() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+        }
+        if dest == Path::new("/tmp") && m.typ().as_deref() == Some("tmpfs") {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))?;
+        }
+    }
+    Ok(())
 }
 
 /// Resolves an image's `User` (`""`, `uid`, `uid:gid`, `name`, `name:group`) to numbers, reading
@@ -458,6 +596,16 @@ impl Runc {
     /// Starts container `id` from `bundle` in the background (`runc run --detach`); its stdout
     /// and stderr (and runc's own messages) are appended to `log`.
     pub async fn run_detached(&self, id: &str, bundle: &Path, log: &Path) -> Result<(), RuncError> {
+        self.detached(&["run", "--detach"], id, bundle, log).await
+    }
+
+    async fn detached(
+        &self,
+        command: &[&str],
+        id: &str,
+        bundle: &Path,
+        log: &Path,
+    ) -> Result<(), RuncError> {
         let open = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -472,8 +620,7 @@ impl Runc {
         let (stdout, stderr) = (open()?, open()?);
         let status = self
             .command()
-            .arg("run")
-            .arg("--detach")
+            .args(command)
             .arg("--bundle")
             .arg(bundle)
             .arg(id)
@@ -490,9 +637,27 @@ impl Runc {
         } else {
             let tail = crate::local::logs::tail(log, 5).join("\n");
             Err(RuncError::Failed {
-                command: format!("run --detach {id}"),
+                command: format!("{} {id}", command.join(" ")),
                 message: format!("{status}; its log says:\n{tail}"),
             })
+        }
+    }
+
+    /// Creates container `id` from `bundle` (`runc create`) without starting its process: its
+    /// namespaces exist, so its network can be set up before [`Runc::start`]. The container's
+    /// stdout and stderr (and runc's own messages) are appended to `log`.
+    pub async fn create(&self, id: &str, bundle: &Path, log: &Path) -> Result<(), RuncError> {
+        self.detached(&["create"], id, bundle, log).await
+    }
+
+    /// Starts the process of a container made by [`Runc::create`].
+    pub async fn start(&self, id: &str) -> Result<(), RuncError> {
+        let args = ["start", id];
+        let out = self.output(&args).await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Self::failed(&args, &out))
         }
     }
 

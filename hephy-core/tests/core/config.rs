@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use hephy_core::{AppConfig, BackendChoice, Platform, PlatformFailurePolicy, Strategy};
+use hephy_core::{AppConfig, BackendChoice, Egress, Platform, PlatformFailurePolicy, Strategy};
 use serde::Deserialize;
 
 use crate::Result;
@@ -22,7 +22,8 @@ main = "./cmd/server"
 port = 5000
 replicas = 3
 strategy = "canary"
-resources = { memory = "256M", cpus = 0.5 }
+resources = { memory = "256M", cpus = 0.5, pids = 200 }
+egress = "deny"
 
 [deploy.health]
 path = "/healthz"
@@ -48,6 +49,8 @@ interval = "250ms"
     assert_eq!(c.deploy.replicas, 3);
     assert_eq!(c.deploy.strategy, Strategy::Canary);
     assert_eq!(c.deploy.resources.memory, Some(256 << 20));
+    assert_eq!(c.deploy.resources.pids, Some(200));
+    assert_eq!(c.deploy.egress, Egress::Deny);
     assert_eq!(c.deploy.health.path.as_deref(), Some("/healthz"));
     assert_eq!(c.deploy.health.interval, Duration::from_millis(250));
 
@@ -69,6 +72,7 @@ fn empty_config_is_all_defaults() -> Result {
     assert_eq!(c, AppConfig::default());
     assert_eq!(c.build.platforms, vec![Platform::host()]);
     assert_eq!(c.deploy.port, 8080);
+    assert_eq!(c.deploy.egress, Egress::Allow);
     let dir = tempfile::tempdir()?;
     assert_eq!(AppConfig::load(dir.path())?, AppConfig::default());
     std::fs::write(dir.path().join("hephy.toml"), "[deploy]\nport = 9000\n")?;

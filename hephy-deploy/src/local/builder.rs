@@ -9,7 +9,7 @@ use std::time::Duration;
 use hephy_core::{DeployError, Platform};
 use hephy_oci::RegistryOptions;
 
-use super::{Inner, LocalDeployer};
+use super::{prepare_data_dir, Inner, LocalDeployer};
 use crate::ledger::Ledger;
 use crate::runc::{CgroupSupport, Runc};
 use crate::unpack::UnpackLimits;
@@ -22,6 +22,7 @@ pub struct LocalDeployerBuilder {
     pub(super) layout_root: Option<PathBuf>,
     pub(super) runc: PathBuf,
     pub(super) runc_root: Option<PathBuf>,
+    pub(super) pasta: PathBuf,
     pub(super) bind: IpAddr,
     pub(super) drain_timeout: Duration,
     pub(super) stop_timeout: Duration,
@@ -39,6 +40,7 @@ impl LocalDeployerBuilder {
             layout_root: None,
             runc: PathBuf::from("runc"),
             runc_root: None,
+            pasta: PathBuf::from("pasta"),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             drain_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
@@ -92,6 +94,13 @@ impl LocalDeployerBuilder {
         self
     }
 
+    /// The `pasta` binary that connects containers to the network (default: `pasta` from
+    /// `PATH`, Debian's `passt` package).
+    pub fn pasta(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.pasta = binary.into();
+        self
+    }
+
     /// runc's state directory (`runc --root`; default: runc's own, `/run/runc`).
     pub fn runc_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.runc_root = Some(root.into());
@@ -126,6 +135,9 @@ impl LocalDeployerBuilder {
     /// [`LocalDeployer::restore`] to bring back the apps of an earlier run.
     pub fn build(self) -> Result<LocalDeployer, DeployError> {
         let ledger = Ledger::open(self.data_dir.join("apps"))?;
+        let rootfs_cache = self.data_dir.join("rootfs");
+        let containers_dir = self.data_dir.join("containers");
+        prepare_data_dir(&self.data_dir, &rootfs_cache, &containers_dir)?;
         let mut runc = Runc::new(&self.runc);
         if let Some(root) = &self.runc_root {
             runc = runc.with_root(root);
@@ -137,10 +149,12 @@ impl LocalDeployerBuilder {
         Ok(LocalDeployer {
             inner: Arc::new(Inner {
                 layout_root,
-                rootfs_cache: self.data_dir.join("rootfs"),
+                rootfs_cache,
+                containers_dir,
                 ledger,
                 runc,
                 cgroups: CgroupSupport::detect(),
+                id_lock: std::sync::Mutex::new(()),
                 slots: tokio::sync::Mutex::new(HashMap::new()),
                 host_router: tokio::sync::OnceCell::new(),
                 opts: self,

@@ -61,3 +61,25 @@ async fn probe_inner(addr: SocketAddr, path: Option<&str>) -> Result<String, Str
         )),
     }
 }
+
+/// Whether a socket of the network namespace of process `pid` listens on TCP `port` (read from
+/// `/proc/PID/net/tcp` and `tcp6`, which show the sockets of that process's namespace).
+pub(crate) fn listens(pid: i64, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let mut fields = line.split_whitespace();
+                let local = fields.nth(1).unwrap_or("");
+                let state = fields.nth(1).unwrap_or("");
+                let local_port = local
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                state == LISTEN && local_port == Some(port)
+            })
+    })
+}

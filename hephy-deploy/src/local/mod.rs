@@ -4,36 +4,46 @@
 //! On disk, under the data directory:
 //!
 //! ```text
-//! apps/<app>/...               the ledger: releases and state (see crate::ledger)
+//! apps/<app>/...               the ledger: releases and state (see crate::ledger), mode 0700
 //! apps/<app>/bundles/vN/       the runtime bundle (config.json) of release N
 //! apps/<app>/logs/vN.log       what release N wrote to stdout and stderr
+//! containers/<container id>/   its /etc files, network namespace and pasta (mode 0700)
 //! rootfs/<manifest hex>/rootfs unpacked images, shared by releases of the same image
 //! ```
+//!
+//! Containers are confined: each has its own network namespace (joined to the host by pasta,
+//! see `network.rs`), a user namespace mapping its root to a host uid range of its app's own
+//! (see `ids.rs`), Docker's default seccomp profile, no capabilities, a read-only root, and
+//! memory, CPU and process-count limits (see [`crate::runc::runtime_spec`]). Since the
+//! containers' users are unprivileged on the host, they must be able to pass through the data
+//! directory to their root filesystems: the data directory and `rootfs/` are made `o+x`.
 
 mod builder;
+mod container;
 mod health;
+mod ids;
+mod image;
 pub mod logs;
+mod network;
 mod runtime;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use hephy_core::{
     async_trait, format_elapsed, AppName, ConfigVarError, ConfigVars, DeployError, Deployer,
-    Events, NewRelease, Reference, Release, ReleaseVersion, Stage, Strategy,
+    Events, NewRelease, Release, ReleaseVersion, Stage, Strategy,
 };
-use hephy_oci::layout::OciLayout;
 use serde::{Deserialize, Serialize};
 
 pub use self::builder::LocalDeployerBuilder;
 pub use self::logs::LogStream;
 use crate::ledger::{Ledger, LedgerError};
 use crate::router::{HostRouter, Router, Upstream};
-use crate::runc::{runtime_spec, CgroupSupport, Runc, SpecInput};
-use crate::unpack::{self, ResolvedImage};
+use crate::runc::{CgroupSupport, Runc};
 
 /// The registry name of images kept in local OCI layouts, as `hephy-backends` publishes them.
 pub use hephy_oci::LOCAL_REGISTRY;
@@ -65,9 +75,12 @@ struct Inner {
     opts: LocalDeployerBuilder,
     layout_root: PathBuf,
     rootfs_cache: PathBuf,
+    containers_dir: PathBuf,
     ledger: Ledger,
     runc: Runc,
     cgroups: CgroupSupport,
+    /// Held while an app's host id range is allocated.
+    id_lock: std::sync::Mutex<()>,
     slots: tokio::sync::Mutex<HashMap<AppName, Arc<Slot>>>,
     host_router: tokio::sync::OnceCell<HostRouter>,
 }
@@ -161,6 +174,44 @@ fn free_port(ip: IpAddr) -> Result<u16, DeployError> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| other(format!("cannot find a free port on {ip}"), e))
+}
+
+/// Makes the data directory's parts mode 0700, except for the path to the root filesystems,
+/// which the containers' unprivileged users must pass through (`o+x`).
+fn prepare_data_dir(data: &Path, rootfs: &Path, containers: &Path) -> Result<(), DeployError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    let fail = |dir: &Path, e: std::io::Error| {
+        other(
+            format!(
+                "cannot set up {}: {e}; check the data directory's owner and permissions",
+                dir.display()
+            ),
+            e,
+        )
+    };
+    for dir in [rootfs, containers] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(dir, e))?;
+    }
+    for dir in [data, rootfs] {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| fail(dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(|e| fail(dir, e))?;
+        }
+    }
+    // Release files hold config vars, which are often secrets; o+x on the data directory
+    // must not open them to others.
+    let apps = data.join("apps");
+    std::fs::set_permissions(&apps, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(&apps, e))
 }
 
 fn validate(release: &NewRelease) -> Result<(), DeployError> {
@@ -399,14 +450,9 @@ impl LocalDeployer {
         })?;
         let mut live: Option<Live> = self.inner.ledger.read(app, "live")?;
         if let Some(l) = &live {
-            let running = self
-                .inner
-                .runc
-                .state(&l.container)
-                .await
-                .map_err(|e| other("cannot ask runc about a container", e))?
-                .is_some_and(|s| s.is_running());
-            if running {
+            // A container without its pasta (or from before containers had one) cannot be
+            // reached: it is started again.
+            if self.is_serving(&l.container).await? {
                 router.switch(Some(Upstream::new(SocketAddr::new(
                     Ipv4Addr::LOCALHOST.into(),
                     l.port,
@@ -424,240 +470,6 @@ impl LocalDeployer {
         });
         slots.insert(app.clone(), slot.clone());
         Ok(slot)
-    }
-
-    /// Removes every container of `app` except `keep`.
-    async fn remove_strays(&self, app: &AppName, keep: Option<&str>) -> Result<(), DeployError> {
-        let list = self
-            .inner
-            .runc
-            .list()
-            .await
-            .map_err(|e| other("cannot list containers with runc", e))?;
-        for c in list {
-            if is_container_of(&c.id, app) && Some(c.id.as_str()) != keep {
-                self.stop_container(&c.id).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn stop_container(&self, id: &str) -> Result<(), DeployError> {
-        self.inner
-            .runc
-            .stop(id, self.inner.opts.stop_timeout)
-            .await
-            .map_err(|e| other(format!("cannot stop container {id}"), e))
-    }
-
-    /// Finds the image (in a local layout, or pulled from its registry) and unpacks it.
-    async fn prepare_image(
-        &self,
-        reference: &Reference,
-        events: &Events,
-    ) -> Result<(ResolvedImage, PathBuf), DeployError> {
-        let digest = reference
-            .digest()
-            .cloned()
-            .ok_or_else(|| plain(format!("image {reference} is not pinned to a digest: deploy the reference a publisher returned, which ends in @sha256:...")))?;
-        let (layout, digest) = if reference.registry() == LOCAL_REGISTRY {
-            let dir = self
-                .inner
-                .layout_root
-                .join(LOCAL_REGISTRY)
-                .join(reference.repository());
-            (dir, digest)
-        } else {
-            // Pulled images are kept per repository, so later releases fetch only new blobs.
-            let dir = self
-                .inner
-                .opts
-                .data_dir
-                .join("images")
-                .join(reference.registry().replace(':', "_"))
-                .join(reference.repository());
-            events.log(format!("pulling {reference}"));
-            let started = Instant::now();
-            let layout = OciLayout::create(&dir).map_err(|e| {
-                other(
-                    format!("cannot create the image cache {}: {e}", dir.display()),
-                    e,
-                )
-            })?;
-            let pulled = self
-                .inner
-                .opts
-                .registry
-                .pull_to_layout(reference, Some(&self.inner.opts.platform), &layout)
-                .await
-                .map_err(|e| other(format!("cannot pull {reference}: {e}"), e))?;
-            events.log(format!(
-                "pulled {} in {}",
-                pulled.short(),
-                format_elapsed(started.elapsed())
-            ));
-            (dir, pulled)
-        };
-        let platform = self.inner.opts.platform.clone();
-        let cache = self.inner.rootfs_cache.clone();
-        let limits = self.inner.opts.unpack_limits;
-        let ev = events.clone();
-        let reference = reference.clone();
-        tokio::task::spawn_blocking(move || {
-            let image = unpack::resolve(&layout, &digest, &platform, &limits)
-                .map_err(|e| other(format!("cannot read image {reference}: {e}"), e))?;
-            if unpack::is_unpacked(&image, &cache) {
-                ev.log(format!(
-                    "image {} already unpacked",
-                    image.manifest_digest.short()
-                ));
-            } else {
-                ev.log(format!(
-                    "unpacking {} layer(s) of {} for {platform}",
-                    image.layers.len(),
-                    image.manifest_digest.short()
-                ));
-            }
-            let started = Instant::now();
-            let rootfs = unpack::unpack_rootfs(&image, &cache, &limits)
-                .map_err(|e| other(format!("cannot unpack image {reference}: {e}"), e))?;
-            if started.elapsed() > Duration::from_millis(50) {
-                ev.log(format!("unpacked in {}", format_elapsed(started.elapsed())));
-            }
-            Ok((image, rootfs))
-        })
-        .await
-        .map_err(|e| other("unpacking the image stopped", e))?
-    }
-
-    /// Starts `release` in a new container and waits until it is healthy. On failure the
-    /// container is removed and the error carries the tail of its log.
-    async fn launch(
-        &self,
-        release: &Release,
-        image: &ResolvedImage,
-        rootfs: &Path,
-        events: &Events,
-    ) -> Result<Live, DeployError> {
-        let app = &release.app;
-        let id = container_id(app, release.version);
-        let app_dir = self.inner.ledger.app_dir(app);
-        let bundle = app_dir.join("bundles").join(release.version.to_string());
-        let log_dir = app_dir.join("logs");
-        let log = log_dir.join(format!("{}.log", release.version));
-        for d in [&bundle, &log_dir] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| other(format!("cannot create {}", d.display()), e))?;
-        }
-        let port = free_port(Ipv4Addr::LOCALHOST.into())?;
-        let spec = runtime_spec(
-            &image.config,
-            &SpecInput {
-                rootfs,
-                hostname: app.as_str(),
-                config: &release.config,
-                port,
-                extra_env: vec![
-                    ("HEPHY_APP".into(), app.to_string()),
-                    ("HEPHY_RELEASE".into(), release.version.to_string()),
-                ],
-                resources: &release.deploy.resources,
-                cgroups: self.inner.cgroups,
-            },
-        )
-        .map_err(|e| other(format!("cannot run image {}: {e}", release.image), e))?;
-        for w in &spec.warnings {
-            events.warn(w);
-        }
-        let config_json = serde_json::to_vec_pretty(&spec.spec)
-            .map_err(|e| other("cannot write the runtime spec", e))?;
-        crate::ledger::write_atomic(&bundle.join("config.json"), &config_json)
-            .map_err(|e| other(format!("cannot write {}", bundle.display()), e))?;
-
-        // A container of this number may be left from an attempt that failed or crashed.
-        self.stop_container(&id).await?;
-        events.log(format!(
-            "starting {} as container {id} on port {port}",
-            release.version
-        ));
-        self.inner
-            .runc
-            .run_detached(&id, &bundle, &log)
-            .await
-            .map_err(|e| DeployError::Unhealthy {
-                app: app.clone(),
-                version: release.version,
-                reason: e.to_string(),
-                log_tail: logs::tail(&log, LOG_TAIL),
-            })?;
-
-        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
-        if let Err(reason) = self.wait_healthy(release, &id, addr, events).await {
-            events.warn(format!("{} is not healthy: {reason}", release.version));
-            let _ = self.stop_container(&id).await;
-            return Err(DeployError::Unhealthy {
-                app: app.clone(),
-                version: release.version,
-                reason,
-                log_tail: logs::tail(&log, LOG_TAIL),
-            });
-        }
-        Ok(Live {
-            version: release.version,
-            container: id,
-            port,
-        })
-    }
-
-    /// Probes until healthy, the container exits, or the health timeout passes. Probes start
-    /// 20ms apart and back off to the configured interval, so a fast app switches fast.
-    async fn wait_healthy(
-        &self,
-        release: &Release,
-        id: &str,
-        addr: SocketAddr,
-        events: &Events,
-    ) -> Result<(), String> {
-        let health = &release.deploy.health;
-        let path = health.path.as_deref();
-        let started = Instant::now();
-        let deadline = started + health.timeout;
-        let mut wait = Duration::from_millis(20);
-        let mut last = String::new();
-        let mut probes = 0u32;
-        loop {
-            probes += 1;
-            let probe_timeout = health.interval.max(Duration::from_secs(1));
-            match health::probe(addr, path, probe_timeout).await {
-                Ok(what) => {
-                    events.log(format!(
-                        "health check passed: {what} after {} ({probes} probe(s))",
-                        format_elapsed(started.elapsed())
-                    ));
-                    return Ok(());
-                }
-                Err(reason) => {
-                    if reason != last {
-                        events.log(format!("health probe {probes}: {reason}"));
-                        last = reason;
-                    }
-                }
-            }
-            match self.inner.runc.state(id).await {
-                Ok(Some(s)) if s.is_running() => {}
-                Ok(_) => return Err(format!("it exited before it became healthy ({last})")),
-                Err(e) => return Err(format!("cannot check its container: {e}")),
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(format!(
-                    "no healthy answer within {} ({last})",
-                    format_elapsed(health.timeout)
-                ));
-            }
-            tokio::time::sleep(wait.min(deadline - now)).await;
-            wait = (wait * 2).min(health.interval.max(Duration::from_millis(20)));
-        }
     }
 
     /// Records `new` as live, switches traffic to it, then drains and stops the previous one.

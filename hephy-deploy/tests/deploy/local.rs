@@ -1,5 +1,6 @@
 //! The local deployer with real runc containers of the Go hello app.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -511,6 +512,11 @@ async fn recreate_strategy_and_resource_limits() -> Result {
         cg.cpu.then_some(50_000),
         "{lines:?}"
     );
+    assert_eq!(
+        spec["linux"]["resources"]["pids"]["limit"].as_i64(),
+        cg.pids.then_some(1024),
+        "{lines:?}"
+    );
     d.shutdown().await?;
     Ok(())
 }
@@ -621,6 +627,177 @@ async fn a_killed_deployer_process_is_restored() -> Result {
     assert_eq!(d.url(&app)?, url);
     assert_eq!(body(addr, "/").await?, "hello world from one\n");
     assert_eq!(d.releases(&app).await?.len(), 1);
+    d.shutdown().await?;
+    Ok(())
+}
+
+/// The pid of container `id` on the host.
+fn container_pid(id: &str) -> Result<u32> {
+    let state: serde_json::Value =
+        serde_json::from_str(&run(std::process::Command::new("runc").args(["state", id]))?)?;
+    Ok(state["pid"].as_u64().ok_or("no pid in runc state")? as u32)
+}
+
+/// A line of `/proc/PID/status`, like `Uid:` → `"1000000000\t1000000000\t..."`.
+fn status_line(pid: u32, key: &str) -> Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .ok_or(format!("no {key} in /proc/{pid}/status"))?
+        .trim()
+        .to_owned())
+}
+
+/// `GET /dial?addr=ADDR` of the fixture app: what a connection from inside its container does.
+async fn dial_from_inside(app_addr: SocketAddr, target: SocketAddr) -> Result<String> {
+    body(app_addr, &format!("/dial?addr={target}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_are_confined() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let (app, other) = (unique_app("confined"), unique_app("neighbour"));
+    let _guards = (Containers(app.clone()), Containers(other.clone()));
+    let d = deployer(data.path())?;
+    let ev = Events::discard();
+    // A service on the host's loopback, as hephy's API, SSH and the registry are.
+    let host_service = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let host_service = host_service.local_addr()?;
+
+    let mut deploy = DeployConfig::default();
+    deploy.health.path = Some("/healthz".into());
+    for (a, image) in [(&app, &f.no_user), (&other, &f.one)] {
+        d.create_app(a).await?;
+        d.deploy(release_with(a, image, deploy.clone()), &ev)
+            .await?;
+    }
+    let addr = d.addr(&app)?;
+    let other_addr = d.addr(&other)?;
+    // It serves through the router, from a port forward of its own network namespace.
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+
+    // No loopback service of the host is reachable: not the test's, not the router of the app
+    // itself, not the other app's.
+    for target in [host_service, addr, other_addr] {
+        let said = dial_from_inside(addr, target).await?;
+        assert!(said.contains("connection refused"), "{target}: {said}");
+    }
+    // localhost and the app's own name resolve, from the /etc/hosts written for it.
+    assert!(body(addr, "/lookup?host=localhost")
+        .await?
+        .contains("127.0.0.1"));
+    let own = body(addr, &format!("/lookup?host={app}")).await?;
+    assert!(own.contains("127.0.0.1"), "{own}");
+
+    // Without USER the app is root in its container, but not on the host: there it is the first
+    // id of a range that no other app has.
+    assert_eq!(body(addr, "/whoami").await?, "uid=0 gid=0\n");
+    assert_eq!(body(addr, "/write").await?, "root=false tmp=true\n");
+    let pid = container_pid(&format!("hephy-{app}-v1"))?;
+    let uids: Vec<u32> = status_line(pid, "Uid:")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(uids.len(), 4, "{uids:?}");
+    assert!(uids.iter().all(|u| *u == uids[0]), "{uids:?}");
+    let root_uid = uids[0];
+    assert!(root_uid >= 1_000_000_000, "host uid {root_uid}");
+    let other_pid = container_pid(&format!("hephy-{other}-v1"))?;
+    let other_uid: u32 = status_line(other_pid, "Uid:")?
+        .split_whitespace()
+        .next()
+        .ok_or("no uid")?
+        .parse()?;
+    // The other app runs as 65532 of its own range.
+    let other_root = other_uid.checked_sub(65532).ok_or("uid below its range")?;
+    assert!(
+        other_root.abs_diff(root_uid) >= 65536,
+        "ranges overlap: {root_uid} and {other_root}"
+    );
+    assert_eq!(status_line(pid, "Seccomp:")?, "2", "seccomp filter on");
+    assert_eq!(status_line(pid, "NoNewPrivs:")?, "1");
+    assert_eq!(status_line(pid, "CapEff:")?, "0000000000000000");
+
+    // Stopping a container stops its pasta and unmounts its namespace.
+    assert_eq!(pastas_of(&app).len(), 1, "one pasta per container");
+    d.destroy_app(&app, &ev).await?;
+    assert!(pastas_of(&app).is_empty(), "pasta outlived its container");
+    assert!(netns_mounts(&app).is_empty(), "{:?}", netns_mounts(&app));
+    assert!(!data
+        .path()
+        .join(format!("containers/hephy-{app}-v1"))
+        .exists());
+    d.shutdown().await?;
+    assert!(pastas_of(&other).is_empty(), "shutdown leaves a pasta");
+    Ok(())
+}
+
+/// An address of this host that is not loopback and not the host's own interface address
+/// (which pasta gives the container too): a stand-in for another host, on `lo`, removed on drop.
+struct OutsideAddr(std::net::Ipv4Addr);
+
+impl OutsideAddr {
+    fn add() -> Result<OutsideAddr> {
+        let ip = std::net::Ipv4Addr::new(198, 51, 100, 10 + (std::process::id() % 200) as u8);
+        run(std::process::Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            "lo",
+        ]))?;
+        Ok(OutsideAddr(ip))
+    }
+}
+
+impl Drop for OutsideAddr {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_is_on_by_default_and_can_be_denied() -> Result {
+    let f = fixture()?;
+    let data = tempfile::tempdir()?;
+    let app = unique_app("egress");
+    let _guard = Containers(app.clone());
+    let outside = OutsideAddr::add()?;
+    let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+    let target = SocketAddr::new(outside.0.into(), listener.local_addr()?.port());
+    let d = deployer(data.path())?;
+    d.create_app(&app).await?;
+    let addr = d.addr(&app)?;
+
+    let mut deploy = DeployConfig::default();
+    deploy.health.path = Some("/healthz".into());
+    d.deploy(
+        release_with(&app, &f.one, deploy.clone()),
+        &Events::discard(),
+    )
+    .await?;
+    assert_eq!(dial_from_inside(addr, target).await?, "connected\n");
+
+    deploy.egress = hephy_core::Egress::Deny;
+    let (events, mut stream) = Events::channel();
+    d.deploy(release_with(&app, &f.one, deploy), &events)
+        .await?;
+    drop(events);
+    assert_eq!(body(addr, "/").await?, "hello world from one\n");
+    let said = dial_from_inside(addr, target).await?;
+    assert!(said.contains("network is unreachable"), "{said}");
+    assert!(body(addr, "/lookup?host=localhost")
+        .await?
+        .contains("127.0.0.1"));
+    let mut lines = vec![];
+    while let Some(e) = stream.recv().await {
+        lines.push(e.render());
+    }
+    assert!(lines.iter().any(|l| l.contains("no egress")), "{lines:?}");
     d.shutdown().await?;
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct Fixture {
     pub bad: Reference,
     /// Answers /healthz with 500.
     pub unhealthy: Reference,
+    /// `one` without a `USER` in its config, so it runs as the container's root; in the layout
+    /// `hephy.local/hello-root`.
+    pub no_user: Reference,
 }
 
 /// Runs `cmd` and returns its stdout; fails with its output when it fails.
@@ -85,6 +88,35 @@ pub async fn publish_with(
     Ok(report.published.reference)
 }
 
+/// Writes `image` with its config's user removed into the layout `<root>/hephy.local/hello-root`.
+async fn without_user(root: &Path, image: &Reference) -> Result<Reference> {
+    use hephy_oci::layout::OciLayout;
+
+    let source = root.join("hephy.local").join(REPOSITORY);
+    let digest = image.digest().ok_or("the fixture image has no digest")?;
+    let resolved = hephy_deploy::unpack::resolve(
+        &source,
+        digest,
+        &hephy_core::Platform::host(),
+        &hephy_deploy::unpack::UnpackLimits::default(),
+    )?;
+    let target = OciLayout::create(root.join("hephy.local/hello-root"))?;
+    let mut base = hephy_oci::base::from_manifest(
+        &OciLayout::open(&source)?,
+        resolved.manifest_digest,
+        &target,
+        "hello-fixture".into(),
+    )?;
+    let mut run = base.config.config().clone().unwrap_or_default();
+    run.set_user(None);
+    base.config.set_config(Some(run));
+    let written = hephy_oci::image::ImageBuilder::new(hephy_core::Platform::host())
+        .base(base)
+        .write(&target, Some("root"))
+        .await?;
+    Ok(format!("hephy.local/hello-root:root@{}", written.digest).parse()?)
+}
+
 fn build_fixture() -> Result<Fixture> {
     // Kept under cargo's per-target temp dir and rebuilt by each test run.
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-fixture");
@@ -96,8 +128,10 @@ fn build_fixture() -> Result<Fixture> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        let one = publish(&root, &work, "one", "-X main.version=one").await?;
         Ok(Fixture {
-            one: publish(&root, &work, "one", "-X main.version=one").await?,
+            no_user: without_user(&root, &one).await?,
+            one,
             two: publish(&root, &work, "two", "-X main.version=two").await?,
             bad: publish(
                 &root,
@@ -141,24 +175,76 @@ pub fn unique_app(prefix: &str) -> AppName {
         .unwrap_or_else(|e| panic!("test app name: {e}"))
 }
 
-/// Removes every container of an app when dropped, even when the test failed.
+/// Removes every container of an app when dropped, even when the test failed, with its pasta
+/// and its network namespace mount.
 pub struct Containers(pub AppName);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        let Ok(out) = Command::new("runc").args(["list", "-q"]).output() else {
-            return;
-        };
         let prefix = format!("hephy-{}-v", self.0);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            if id
-                .strip_prefix(&prefix)
+        let ours = |id: &str| {
+            id.strip_prefix(&prefix)
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            {
-                let _ = Command::new("runc").args(["delete", "-f", id]).output();
+        };
+        if let Ok(out) = Command::new("runc").args(["list", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                if ours(id) {
+                    let _ = Command::new("runc").args(["delete", "-f", id]).output();
+                }
             }
         }
+        for netns in netns_mounts(&self.0) {
+            if let Some(pid) = pasta_of(&netns) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .output();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = Command::new("umount").arg(&netns).output();
+        }
     }
+}
+
+/// The mounted network namespace files of the app's containers (`.../containers/ID/netns`).
+pub fn netns_mounts(app: &AppName) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let needle = format!("/containers/hephy-{app}-v");
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.contains(&needle) && p.ends_with("/netns"))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The pid of the pasta process attached to the namespace file `netns`, if one runs.
+pub fn pasta_of(netns: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(netns.with_file_name("pasta.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let netns = netns.to_string_lossy();
+    String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .any(|a| a == netns)
+        .then_some(pid)
+}
+
+/// The pasta processes running for the app's containers (found by their command line).
+pub fn pastas_of(app: &AppName) -> Vec<u32> {
+    let needle = format!("/containers/hephy-{app}-v");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.starts_with("pasta") && cmdline.contains(&needle)
+        })
+        .collect()
 }
 
 /// The ids of the app's containers that runc knows.

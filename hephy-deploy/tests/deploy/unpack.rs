@@ -4,7 +4,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use hephy_core::Platform;
-use hephy_deploy::runc::{resolve_user, runtime_spec, CgroupSupport, SpecInput};
+use hephy_deploy::runc::{
+    prepare_mount_points, resolve_user, runtime_spec, CgroupSupport, IdRange, SpecInput,
+};
 use hephy_deploy::unpack::{apply_layer, resolve, unpack_rootfs, UnpackError, UnpackLimits};
 
 use crate::support::*;
@@ -230,21 +232,30 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
     let mut resources = hephy_core::Resources::default();
     resources.memory = Some(256 << 20);
     resources.cpus = Some(0.5);
-    let spec = runtime_spec(
-        &image.config,
-        &SpecInput {
-            rootfs: &rootfs,
-            hostname: "hello",
-            config: &vars,
-            port: 4321,
-            extra_env: vec![],
-            resources: &resources,
-            cgroups: CgroupSupport {
-                memory: false,
-                cpu: true,
-            },
+    let etc = tempfile::tempdir()?;
+    for name in hephy_deploy::runc::ETC_FILES {
+        std::fs::write(etc.path().join(name), "")?;
+    }
+    let ids = IdRange {
+        host_first: 1_000_000_000,
+        size: 65536,
+    };
+    let input = SpecInput {
+        rootfs: &rootfs,
+        hostname: "hello",
+        config: &vars,
+        port: 4321,
+        extra_env: vec![],
+        resources: &resources,
+        cgroups: CgroupSupport {
+            memory: false,
+            cpu: true,
+            pids: true,
         },
-    )?;
+        ids: Some(ids),
+        etc: Some(etc.path()),
+    };
+    let spec = runtime_spec(&image.config, &input)?;
     let json = serde_json::to_value(&spec.spec)?;
     let env: Vec<&str> = json["process"]["env"]
         .as_array()
@@ -285,8 +296,72 @@ fn runtime_spec_follows_the_image_and_release() -> Result {
         .iter()
         .filter_map(|n| n["type"].as_str())
         .collect();
-    assert!(!namespaces.contains(&"network"), "{namespaces:?}");
-    assert!(namespaces.contains(&"pid"), "{namespaces:?}");
+    for ns in ["network", "user", "pid", "mount"] {
+        assert!(namespaces.contains(&ns), "{namespaces:?}");
+    }
+    let map = serde_json::json!([{"containerID": 0, "hostID": 1_000_000_000u32, "size": 65536}]);
+    assert_eq!(json["linux"]["uidMappings"], map);
+    assert_eq!(json["linux"]["gidMappings"], map);
+    let seccomp = &json["linux"]["seccomp"];
+    assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+    let allowed: Vec<&str> = seccomp["syscalls"][0]["names"]
+        .as_array()
+        .ok_or("no allowed syscalls")?
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(allowed.contains(&"read") && allowed.contains(&"epoll_pwait"));
+    for refused in ["unshare", "mount", "setns", "bpf", "keyctl"] {
+        assert!(!allowed.contains(&refused), "{refused} is allowed");
+    }
+    assert_eq!(json["linux"]["resources"]["pids"]["limit"], 1024);
+    let mounts = json["mounts"].as_array().ok_or("no mounts")?;
+    for name in hephy_deploy::runc::ETC_FILES {
+        let m = mounts
+            .iter()
+            .find(|m| m["destination"] == format!("/etc/{name}"))
+            .ok_or(format!("no /etc/{name} mount"))?;
+        assert_eq!(m["source"], etc.path().join(name).to_str().ok_or("path")?);
+        assert!(m["options"]
+            .as_array()
+            .is_some_and(|o| o.contains(&"ro".into())));
+    }
+
+    // runc cannot make mount points in a root owned by the host's root: they are made first,
+    // and /tmp gets the mode the tmpfs over it must have.
+    prepare_mount_points(&spec.spec, &rootfs)?;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(rootfs.join("tmp"))?.permissions().mode() & 0o7777,
+        0o1777
+    );
+    for p in [
+        "proc",
+        "sys",
+        "dev",
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+    ] {
+        assert!(rootfs.join(p).exists(), "{p} is missing");
+    }
+
+    let err = runtime_spec(
+        &image.config,
+        &SpecInput {
+            ids: Some(IdRange {
+                host_first: 1_000_000_000,
+                size: 1000,
+            }),
+            ..input.clone()
+        },
+    )
+    .err()
+    .ok_or("ran uid 65532 in a user namespace of 1000 ids")?;
+    assert!(
+        err.to_string().contains("use a uid and gid below 1000"),
+        "{err}"
+    );
     let tmp = json["mounts"]
         .as_array()
         .ok_or("no mounts")?
