@@ -442,12 +442,12 @@ pub fn unpack_rootfs(
         return Ok(rootfs);
     }
     fs::create_dir_all(cache).map_err(io_err("create", cache))?;
-    // Images keep their owners and modes, setuid root binaries included: only the owner of
-    // the cache (who runs the containers) may reach them on the host.
+    // Others may pass (containers run as host uids of their own range) but not list; setuid
+    // and setgid bits are dropped on unpack, so nothing here lets a host user become root.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(cache, fs::Permissions::from_mode(0o700))
+        fs::set_permissions(cache, fs::Permissions::from_mode(0o701))
             .map_err(io_err("restrict", cache))?;
     }
     let tmp = cache.join(format!(
@@ -757,6 +757,14 @@ pub fn apply_layer(
                 }
                 _ => {
                     entry.unpack(&dest).map_err(fail("write", &dest))?;
+                    let mode = entry.header().mode().unwrap_or(0);
+                    if mode & 0o6000 != 0 && !entry.header().entry_type().is_symlink() {
+                        // Containers run with no_new_privs, where setuid does nothing; on the
+                        // host the bit would let a local user reach root through an image.
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(&dest, fs::Permissions::from_mode(mode & 0o1777))
+                            .map_err(io_err("chmod", &dest))?;
+                    }
                 }
             }
             written.insert(rel);

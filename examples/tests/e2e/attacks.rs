@@ -145,7 +145,7 @@ fn push(server: &Server, home: &Path, dir: &Path, app: &str) -> Result<(bool, St
     run(git(dir).args(["init", "-q", "-b", "main"]))?;
     run(git(dir).args(["add", "-A"]))?;
     run(git(dir).args(["commit", "-qm", "attack"]))?;
-    let remote = format!("http://x:{}@{}/{app}.git", server.token, server.http);
+    let remote = format!("http://admin:{}@{}/{app}.git", server.token, server.http);
     let out = git(dir).args(["push", &remote, "main"]).output()?;
     let text = format!(
         "{}{}",
