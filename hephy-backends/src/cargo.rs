@@ -17,10 +17,16 @@
 //!
 //! `[build.cargo]` keys: `bin` (which binary, when there are several), `package` (the workspace
 //! member), `features` (list), `no-default-features`, `libc` (`"auto"`, `"musl"` or
-//! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists. Build
-//! output is kept in the hephy cache dir (`cargo-target/PACKAGE`), so rebuilds are incremental.
-//! `cargo` is the one on the server's `PATH`; a `rust-toolchain.toml` that names a toolchain by
-//! `path` is refused, as rustup would run that directory's programs.
+//! `"gnu"`), `base` (see [`BaseImage`]). `--locked` is passed when `Cargo.lock` exists.
+//!
+//! The toolchain is the server's: the sysroot its `rustc` prints (run in the repository, so a
+//! `rust-toolchain.toml` naming an installed channel chooses it; rustup installs nothing a push
+//! asks for, and a toolchain named by `path` is refused, as rustup would run that directory's
+//! programs). `cargo build` runs in the [`BuildEnv`]'s sandbox with that sysroot read-only, a
+//! copy of the repository it may write (cargo writes `Cargo.lock`; nothing above the copy is
+//! visible, so cargo finds no workspace of the host's), and the app's own cache
+//! (`CACHE_ROOT/cargo/APP`: `CARGO_HOME` with the registry, and the target directory, so
+//! rebuilds are incremental). Build scripts and proc macros run there too, confined.
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +36,7 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::dockerfile::default_cache_dir;
+use crate::build_env::{built_file, BuildEnv};
 use crate::exec::{self, find_program};
 use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::base::{BaseImage, APP_UID};
@@ -63,19 +69,14 @@ pub struct CargoSettings {
 /// The `cargo` backend.
 ///
 /// ```
-/// use hephy_backends::cargo::CargoBackend;
+/// use hephy_backends::{cargo::CargoBackend, BuildEnv};
 /// use hephy_core::Backend;
-/// assert_eq!(CargoBackend::new().name(), "cargo");
+/// let env = BuildEnv::unconfined(std::env::temp_dir().join("hephy-cache"));
+/// assert_eq!(CargoBackend::new(env).name(), "cargo");
 /// ```
 #[derive(Debug, Clone)]
 pub struct CargoBackend {
-    cache_dir: PathBuf,
-}
-
-impl Default for CargoBackend {
-    fn default() -> Self {
-        Self::new()
-    }
+    env: BuildEnv,
 }
 
 /// The Rust target triples for a platform: the musl one (static) and the glibc one.
@@ -322,8 +323,10 @@ fn choose_bin(
     }
 }
 
-/// The rustc sysroot, whose `lib/rustlib/<triple>` directories are the installed targets.
-async fn sysroot(ctx: &BuildContext) -> Result<PathBuf, BuildError> {
+/// The rustc sysroot, whose `lib/rustlib/<triple>` directories are the installed targets:
+/// asked of the server's `rustc` (`RUSTC`, else the one on `PATH`) in the repository, so that
+/// rustup honours a `rust-toolchain.toml` channel, without letting it install one.
+pub(crate) async fn sysroot(ctx: &BuildContext) -> Result<PathBuf, BuildError> {
     let rustc = std::env::var_os("RUSTC")
         .map(PathBuf::from)
         .or_else(|| find_program("rustc"))
@@ -331,27 +334,22 @@ async fn sysroot(ctx: &BuildContext) -> Result<PathBuf, BuildError> {
             tool: "rustc".into(),
             hint: INSTALL_HINT.into(),
         })?;
-    let out = tokio::process::Command::new(&rustc)
-        .arg("--print")
+    let mut cmd = tokio::process::Command::new(&rustc);
+    cmd.arg("--print")
         .arg("sysroot")
         .current_dir(ctx.dir())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| BuildError::ToolMissing {
-            tool: "rustc".into(),
-            hint: format!("cannot run it ({e}); {INSTALL_HINT}"),
-        })?;
-    if !out.status.success() {
-        return Err(BuildError::Failed {
+        // A push must not make rustup download toolchains or components on the server.
+        .env("RUSTUP_AUTO_INSTALL", "0");
+    let out = exec::query(cmd).await.map_err(|e| match e {
+        exec::ExecError::Failed { tail, .. } => BuildError::Failed {
             message: format!(
-                "rustc --print sysroot failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "rustc --print sysroot failed: {}; if rust-toolchain.toml names a channel, install it where hephy builds (rustup toolchain install CHANNEL) or remove the file",
+                tail.join("\n")
             ),
-        });
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        },
+        other => other.into_build_error(INSTALL_HINT),
+    })?;
+    Ok(PathBuf::from(out.trim()))
 }
 
 const INSTALL_HINT: &str = "install Rust (https://rustup.rs) where hephy builds";
@@ -446,43 +444,9 @@ pub fn elf_is_dynamic(bytes: &[u8]) -> Option<bool> {
 }
 
 impl CargoBackend {
-    /// The backend, keeping build output under [`default_cache_dir`]`/cargo-target`.
-    pub fn new() -> Self {
-        CargoBackend {
-            cache_dir: default_cache_dir(),
-        }
-    }
-
-    /// Keeps build output under `dir` (`<dir>/cargo-target/...`).
-    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self
-    }
-
-    /// One target directory per package name, so that every push of an app reuses the
-    /// dependencies compiled for the previous one (the checkout directory changes each time).
-    fn target_dir(&self, manifest: &toml::Table, package: Option<&str>) -> PathBuf {
-        let name = package
-            .map(str::to_owned)
-            .or_else(|| {
-                manifest
-                    .get("package")
-                    .and_then(|p| p.get("name"))
-                    .and_then(|n| n.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "workspace".into());
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.cache_dir.join("cargo-target").join(safe)
+    /// The backend, running `cargo build` in `env`.
+    pub fn new(env: BuildEnv) -> Self {
+        CargoBackend { env }
     }
 
     async fn plan(&self, ctx: &BuildContext, platforms: &[Platform]) -> Result<Plan, BuildError> {
@@ -499,21 +463,25 @@ impl CargoBackend {
         let locked =
             paths::regular_file(ctx.dir(), &ctx.dir().join("Cargo.lock"), "Cargo.lock")?.is_some();
         check_toolchain_file(ctx)?;
-        let cargo = find_program("cargo").ok_or_else(|| BuildError::ToolMissing {
-            tool: "cargo".into(),
-            hint: INSTALL_HINT.into(),
-        })?;
         let root = sysroot(ctx).await?;
+        if !root.join("bin/cargo").is_file() {
+            return Err(BuildError::ToolMissing {
+                tool: "cargo".into(),
+                hint: format!(
+                    "the Rust toolchain at {} has no bin/cargo: {INSTALL_HINT}",
+                    root.display()
+                ),
+            });
+        }
         let mut choices = vec![];
         for p in platforms {
             choices.push(choose_target(p, &root, &libc)?);
         }
         Ok(Plan {
             settings,
-            manifest,
             bin,
             choices,
-            cargo,
+            sysroot: root,
             locked,
         })
     }
@@ -522,11 +490,10 @@ impl CargoBackend {
 /// What a build needs, checked before it starts.
 struct Plan {
     settings: CargoSettings,
-    manifest: toml::Table,
     bin: BinTarget,
     choices: Vec<Choice>,
-    /// The `cargo` on the server's `PATH`.
-    cargo: PathBuf,
+    /// The Rust toolchain (its `bin/cargo` and `bin/rustc` build).
+    sysroot: PathBuf,
     /// Whether there is a `Cargo.lock` (a regular file inside the repository).
     locked: bool,
 }
@@ -605,12 +572,30 @@ impl Backend for CargoBackend {
         };
         let bin = plan.bin.bin.clone();
         let package = plan.bin.package.clone().or_else(|| s.package.clone());
-        let target_dir = self.target_dir(&plan.manifest, package.as_deref());
-        tokio::fs::create_dir_all(&target_dir)
-            .await
-            .map_err(|e| BuildError::other(format!("cannot create {}", target_dir.display()), e))?;
-        let mut cmd = tokio::process::Command::new(&plan.cargo);
-        cmd.current_dir(ctx.dir())
+        let work = target.out_dir.join(".hephy-cargo");
+        self.env.work_dir(&work)?;
+        let cache = self.env.app_cache("cargo", ctx)?;
+
+        let mut cmd = self.env.command("/bin/sh");
+        let rust = cmd.toolchain(&plan.sysroot, "/opt/rust");
+        let context = cmd.ro(ctx.dir(), "/context");
+        let build = cmd.rw(&work, "/build");
+        let cache_in = cmd.rw(&cache, "/cache");
+        let target_dir = cache_in.join("target");
+        // cargo builds a copy it may write, made by the build user; the binary is copied out
+        // of the app's cache, which another build of the app may be using, into this build's
+        // own directory.
+        cmd.arg("-c")
+            .arg(
+                r#"src=$1 copy=$2 built=$3 out=$4; shift 4
+cp -R --preserve=mode,timestamps -- "$src/." "$copy" && cd "$copy" && "$@" && cp -- "$built" "$out""#,
+            )
+            .arg("sh")
+            .arg(&context)
+            .arg(build.join("src"))
+            .arg(target_dir.join(choice.triple).join("release").join(&bin))
+            .arg(build.join(&bin))
+            .arg(rust.join("bin/cargo"))
             .arg("build")
             .arg("--release")
             .arg("--target")
@@ -631,19 +616,30 @@ impl Backend for CargoBackend {
         if s.no_default_features {
             cmd.arg("--no-default-features");
         }
-        for (k, v) in &ctx.config().build.env {
-            cmd.env(k, v);
-        }
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:/usr/local/bin:/usr/bin:/bin",
+                rust.join("bin").display()
+            ),
+        )
+        .envs(ctx.config().build.env.clone())
+        .env("CARGO_HOME", cache_in.join("home").display().to_string())
+        .env("RUSTC", rust.join("bin/rustc").display().to_string())
+        .network(ctx.config().build.network);
         if choice.crt_static {
             events.warn(format!(
                 "building {} with glibc linked statically (+crt-static); `rustup target add {}` for a musl build, which is the better static binary",
                 choice.triple,
                 rust_targets(&target.platform).map(|t| t.0).unwrap_or("the musl target")
             ));
-            let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-            if let Some(extra) = ctx.config().build.env.get("RUSTFLAGS") {
-                flags = extra.clone();
-            }
+            let mut flags = ctx
+                .config()
+                .build
+                .env
+                .get("RUSTFLAGS")
+                .cloned()
+                .unwrap_or_default();
             if !flags.is_empty() {
                 flags.push(' ');
             }
@@ -654,8 +650,11 @@ impl Backend for CargoBackend {
             "cargo build --release --target {} --bin {bin}",
             choice.triple
         ));
-        exec::run_step(cmd, events, "cargo build", INSTALL_HINT).await?;
-        let path = target_dir.join(choice.triple).join("release").join(&bin);
+        self.env
+            .run(cmd, events, "cargo build", INSTALL_HINT)
+            .await?;
+        let _ = std::fs::remove_dir_all(work.join("src"));
+        let path = built_file(&work, &work.join(&bin), "cargo build")?;
         let bytes = tokio::fs::read(&path).await.map_err(|e| {
             BuildError::other(format!("cargo build wrote no {}", path.display()), e)
         })?;
@@ -684,6 +683,7 @@ impl Backend for CargoBackend {
             .expose(port)
             .write(&layout, Some("latest"))
             .await?;
+        let _ = tokio::fs::remove_dir_all(&work).await;
         events.log(format!("image {} ({size} bytes of binary)", written.digest));
         Ok(BuiltImage::new(
             Some(target.platform.clone()),

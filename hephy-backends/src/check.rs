@@ -109,7 +109,7 @@ fn confidence_word(c: Confidence) -> &'static str {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use hephy_backends::{default_backends, explain};
+/// use hephy_backends::{default_backends, explain, BuildEnv};
 /// use hephy_core::BuildContext;
 ///
 /// let dir = std::env::temp_dir().join(format!("hephy-explain-doc-{}", std::process::id()));
@@ -125,7 +125,9 @@ fn confidence_word(c: Confidence) -> &'static str {
 /// source = "hello.wasm"
 /// "#)?;
 ///
-/// let e = explain(&BuildContext::open(&dir)?, &default_backends()).await;
+/// // Explaining runs no build tool, so no sandbox is needed.
+/// let env = BuildEnv::unconfined(dir.join("cache"));
+/// let e = explain(&BuildContext::open(&dir)?, &default_backends(&env)).await;
 /// assert_eq!(e.chosen.as_deref(), Some("spin"));
 /// // hello.wasm was never built: the refusal says what to do.
 /// let refusal = e.refusal.as_ref().map(|r| r.to_string()).unwrap_or_default();
@@ -183,12 +185,9 @@ pub async fn explain(ctx: &BuildContext, backends: &[Arc<dyn Backend>]) -> Expla
     let chosen = chosen.map(|i| backends[i].name().to_owned());
     let warnings = match chosen.as_deref() {
         Some(name @ ("dockerfile" | "kaniko")) => {
-            let b = if name == "kaniko" {
-                crate::DockerfileBackend::kaniko_alias()
-            } else {
-                crate::DockerfileBackend::new()
-            };
-            b.settings(ctx).map(|s| s.warnings).unwrap_or_default()
+            crate::dockerfile::resolve_settings(ctx, name == "kaniko")
+                .map(|s| s.warnings)
+                .unwrap_or_default()
         }
         _ => vec![],
     };
@@ -227,9 +226,10 @@ pub fn extra_checks(backend: &str, ctx: &BuildContext) -> Result<(), BuildError>
 /// backend in it.
 ///
 /// ```
-/// use hephy_backends::{check::Checked, GoBackend};
+/// use hephy_backends::{check::Checked, BuildEnv, GoBackend};
 /// use hephy_core::Backend;
-/// assert_eq!(Checked::new(GoBackend::new()).name(), "go");
+/// let env = BuildEnv::unconfined(std::env::temp_dir().join("hephy-cache"));
+/// assert_eq!(Checked::new(GoBackend::new(env)).name(), "go");
 /// ```
 #[derive(Debug, Clone)]
 pub struct Checked<B>(B);

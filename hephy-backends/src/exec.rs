@@ -153,20 +153,31 @@ fn not_admin_installed(key: &str, usual: &str) -> BuildError {
     }
 }
 
-/// [`run`] for a build step: a failure becomes [`BuildError::Failed`] naming `step` (such as
-/// `go build`) rather than the program's path, with the last lines; a missing program
-/// [`BuildError::ToolMissing`] with `hint`.
-pub(crate) async fn run_step(
-    cmd: Command,
-    events: &Events,
-    step: &str,
-    hint: &str,
-) -> Result<ExecOutput, BuildError> {
-    run(cmd, events, TAIL_LINES).await.map_err(|e| match e {
-        ExecError::Failed { tail, status, .. } => BuildError::Failed {
-            message: format!("{step} failed ({status}):\n{}", tail.join("\n")),
-        },
-        other => other.into_build_error(hint),
+/// Runs a program the server's admin installed to ask it something (`rustc --print sysroot`,
+/// `buildah --version`), not to build: stdin closed, killed if the future is dropped, and its
+/// stdout returned. A failure carries the last lines of stderr.
+pub async fn query(mut cmd: Command) -> Result<String, ExecError> {
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd
+        .output()
+        .await
+        .map_err(|source| spawn_error(&program, source))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    Err(ExecError::Failed {
+        program,
+        status: out.status.to_string(),
+        tail: lines[lines.len().saturating_sub(TAIL_LINES)..]
+            .iter()
+            .map(|l| (*l).to_owned())
+            .collect(),
     })
 }
 
@@ -190,22 +201,9 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| {
-        if matches!(
-            source.kind(),
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
-        ) {
-            ExecError::NotFound {
-                program: program.clone(),
-                source,
-            }
-        } else {
-            ExecError::Io {
-                program: program.clone(),
-                source,
-            }
-        }
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| spawn_error(&program, source))?;
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(tail_lines)));
     let out = child.stdout.take();
     let err = child.stderr.take();
@@ -234,6 +232,18 @@ pub async fn run(
 /// The longest line [`run`] passes on: a tool that prints more without a newline has its output
 /// split into lines of this size, so no output can make one line exhaust memory.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+fn spawn_error(program: &str, source: std::io::Error) -> ExecError {
+    let program = program.to_owned();
+    if matches!(
+        source.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+    ) {
+        ExecError::NotFound { program, source }
+    } else {
+        ExecError::Io { program, source }
+    }
+}
 
 async fn pump<R: AsyncRead + Unpin>(
     r: Option<R>,

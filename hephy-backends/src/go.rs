@@ -14,9 +14,12 @@
 //! `data` (directory, relative to the context), `toolchain` (the `go` to run: a name on the
 //! server's `PATH` or an absolute path, never a file of the repository), `base` (see
 //! [`BaseImage`]), `compression` (`"gzip"`, the default, or `"zstd"`, optionally `:LEVEL`).
-//! Compiled packages are cached in `$XDG_CACHE_HOME/hephy/go-build` (or
-//! `~/.cache/hephy/go-build`) across builds; `GOPROXY`, `GOFLAGS` and the rest of the environment
-//! pass through, and `[build] env` is added.
+//!
+//! `go build` runs in the [`BuildEnv`]'s sandbox: the repository read-only, the output
+//! directory and the app's own cache (`CACHE_ROOT/go/APP`: `GOCACHE` and the module cache)
+//! writable, nothing else of the host. Its environment is `GOOS`, `GOARCH`, `GOARM`,
+//! `CGO_ENABLED=0`, `GOCACHE`, `GOPATH` and `GOTOOLCHAIN=local`, the server's own Go settings
+//! among [`ADMIN_SETTINGS`], and `[build] env`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +29,8 @@ use hephy_core::{
 };
 use serde::Deserialize;
 
-use crate::exec::{self, admin_program};
+use crate::build_env::{admin_settings, built_file, BuildEnv};
+use crate::exec::admin_program;
 use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::base::{BaseImage, APP_UID};
 use hephy_oci::image::ImageBuilder;
@@ -66,10 +70,22 @@ pub struct GoSettings {
     pub compression: Compression,
 }
 
+/// The server's Go settings that reach builds, when set in hephy-server's environment
+/// (`[build] env` overrides them).
+pub const ADMIN_SETTINGS: &[&str] = &[
+    "GOPROXY",
+    "GOFLAGS",
+    "GONOSUMDB",
+    "GOSUMDB",
+    "GOPRIVATE",
+    "GONOPROXY",
+    "GOINSECURE",
+];
+
 /// Builds Go apps (backend name `"go"`), detected by `go.mod`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GoBackend {
-    cache_dir: Option<PathBuf>,
+    env: BuildEnv,
     registry: Option<RegistryOptions>,
 }
 
@@ -77,15 +93,12 @@ const INSTALL_HINT: &str =
     "install Go (apt-get install golang-go) or set [build.go] toolchain = \"/path/to/go\" in hephy.toml";
 
 impl GoBackend {
-    /// A Go backend with the default build cache.
-    pub fn new() -> Self {
-        GoBackend::default()
-    }
-
-    /// Uses `dir` as `GOCACHE` instead of the default.
-    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = Some(dir.into());
-        self
+    /// A Go backend running `go build` in `env`.
+    pub fn new(env: BuildEnv) -> Self {
+        GoBackend {
+            env,
+            registry: None,
+        }
     }
 
     /// Pulls registry base images with `options` instead of [`RegistryOptions::from_env`].
@@ -93,14 +106,23 @@ impl GoBackend {
         self.registry = Some(options);
         self
     }
+}
 
-    /// The `GOCACHE` used: the one set, else `$XDG_CACHE_HOME/hephy/go-build`, else
-    /// `$HOME/.cache/hephy/go-build`, else one in the temp directory.
-    pub fn cache_dir(&self) -> PathBuf {
-        if let Some(d) = &self.cache_dir {
-            return d.clone();
-        }
-        hephy_oci::base::cache_dir().join("go-build")
+/// The root of the Go installation `go` belongs to (the directory above its `bin`), and the
+/// program's path inside it.
+fn go_root(go: &Path) -> (PathBuf, PathBuf) {
+    let real = go.canonicalize().unwrap_or_else(|_| go.to_path_buf());
+    let name = real
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "go".into());
+    match real.parent() {
+        Some(bin) if bin.file_name().is_some_and(|n| n == "bin") => match bin.parent() {
+            Some(root) => (root.to_path_buf(), Path::new("bin").join(name)),
+            None => (bin.to_path_buf(), name),
+        },
+        Some(dir) => (dir.to_path_buf(), name),
+        None => (PathBuf::from("/"), name),
     }
 }
 
@@ -303,22 +325,22 @@ impl Backend for GoBackend {
         let main = &plan.main;
         let name = binary_name(plan.module.as_deref(), main);
         let work = target.out_dir.join(".hephy-go");
-        tokio::fs::create_dir_all(&work)
-            .await
-            .map_err(|e| BuildError::other(format!("cannot create {}", work.display()), e))?;
-        let bin = work.join(&name);
-        let cache = self.cache_dir();
-        tokio::fs::create_dir_all(&cache).await.map_err(|e| {
-            BuildError::other(format!("cannot create GOCACHE {}", cache.display()), e)
-        })?;
+        self.env.work_dir(&work)?;
+        let cache = self.env.app_cache("go", ctx)?;
 
-        let mut cmd = tokio::process::Command::new(&plan.go);
-        cmd.current_dir(ctx.dir())
+        let mut cmd = self.env.command(&plan.go);
+        let (root, program) = go_root(&plan.go);
+        let go = cmd.toolchain(&root, "/opt/go").join(program);
+        let src = cmd.ro(ctx.dir(), "/src");
+        let out = cmd.rw(&work, "/out");
+        let cache_in = cmd.rw(&cache, "/cache");
+        cmd.program(go)
+            .cwd(src)
             .arg("build")
             .arg("-trimpath")
             .arg("-buildvcs=false")
             .arg("-o")
-            .arg(&bin);
+            .arg(out.join(&name));
         if !s.tags.is_empty() {
             cmd.arg("-tags").arg(s.tags.join(","));
         }
@@ -326,31 +348,24 @@ impl Backend for GoBackend {
             cmd.arg("-ldflags").arg(l);
         }
         cmd.arg(main);
-        for (k, v) in &ctx.config().build.env {
-            cmd.env(k, v);
-        }
-        cmd.env("CGO_ENABLED", "0")
+        // Go 1.21+ would otherwise download the toolchain a go.mod asks for, mid-build.
+        cmd.env("GOTOOLCHAIN", "local")
+            .envs(admin_settings(ADMIN_SETTINGS))
+            .envs(ctx.config().build.env.clone())
+            .env("CGO_ENABLED", "0")
             .env("GOOS", "linux")
             .env("GOARCH", &arch)
-            .env("GOCACHE", &cache);
-        match goarm {
-            Some(v) => cmd.env("GOARM", v),
-            None => cmd.env_remove("GOARM"),
-        };
-        if std::env::var_os("GOTOOLCHAIN").is_none()
-            && !ctx.config().build.env.contains_key("GOTOOLCHAIN")
-        {
-            // Go 1.21+ would otherwise download the toolchain a go.mod asks for, mid-build.
-            cmd.env("GOTOOLCHAIN", "local");
-        }
-        if std::env::var_os("HOME").is_none() && std::env::var_os("GOPATH").is_none() {
-            // Go refuses to run without a GOPATH, which it derives from HOME.
-            cmd.env("GOPATH", cache.with_file_name("gopath"));
+            .env("GOCACHE", cache_in.join("go-build").display().to_string())
+            .env("GOPATH", cache_in.join("gopath").display().to_string())
+            .network(ctx.config().build.network);
+        if let Some(v) = goarm {
+            cmd.env("GOARM", v);
         }
         events.log(format!(
             "go build -trimpath -o /app/{name} {main} (GOOS=linux GOARCH={arch})"
         ));
-        exec::run_step(cmd, events, "go build", INSTALL_HINT).await?;
+        self.env.run(cmd, events, "go build", INSTALL_HINT).await?;
+        let bin = built_file(&work, &work.join(&name), "go build")?;
 
         let layout = OciLayout::create(&target.out_dir)
             .map_err(|e| BuildError::other("cannot create the image layout", e))?;

@@ -45,6 +45,7 @@ use std::sync::Arc;
 
 use hephy_core::Backend;
 
+pub mod build_env;
 pub mod cargo;
 pub mod check;
 pub mod dockerfile;
@@ -55,6 +56,7 @@ pub mod paths;
 pub mod sandbox;
 pub mod spin;
 
+pub use build_env::BuildEnv;
 pub use cargo::CargoBackend;
 pub use check::{explain, Explanation};
 pub use dockerfile::DockerfileBackend;
@@ -63,16 +65,17 @@ pub use go::GoBackend;
 pub use spin::SpinBackend;
 
 /// Every backend of this crate, in auto-detection order: dockerfile, spin, go, cargo, files
-/// (the pipeline takes the most confident; among equals, the first).
-pub fn default_backends() -> Vec<Arc<dyn Backend>> {
+/// (the pipeline takes the most confident; among equals, the first). Their build tools run in
+/// `env`: a sandbox on a server ([`BuildEnv::sandboxed`]).
+pub fn default_backends(env: &BuildEnv) -> Vec<Arc<dyn Backend>> {
     vec![
-        Arc::new(DockerfileBackend::new()),
-        Arc::new(SpinBackend::new()),
+        Arc::new(DockerfileBackend::new(env.clone())),
+        Arc::new(SpinBackend::new(env.clone())),
         // Its check also refuses `import "C"`, as cgo is off (see `check::extra_checks`).
-        Arc::new(check::Checked::new(GoBackend::new())),
-        Arc::new(CargoBackend::new()),
+        Arc::new(check::Checked::new(GoBackend::new(env.clone()))),
+        Arc::new(CargoBackend::new(env.clone())),
         Arc::new(FilesBackend::new()),
         // `backend = "kaniko"` from old configurations; it never detects apps itself.
-        Arc::new(DockerfileBackend::kaniko_alias()),
+        Arc::new(DockerfileBackend::kaniko_alias(env.clone())),
     ]
 }

@@ -112,6 +112,12 @@ pub enum SandboxError {
         /// The build uid.
         uid: u32,
     },
+    /// A trial run in the sandbox failed.
+    #[error("a trial build in the sandbox failed ({problem}): check that bubblewrap, setpriv and pasta work on this kernel")]
+    Trial {
+        /// What failed.
+        problem: String,
+    },
     /// Preparing a directory for the build uid failed.
     #[error("cannot hand {path} to the build user: {source}")]
     Prepare {
@@ -266,6 +272,17 @@ impl Sandbox {
             });
         }
         Ok(sandbox)
+    }
+
+    /// Runs `true` in the sandbox, with the network when the policy allows it: whether builds
+    /// can run at all, found out before the first push needs it.
+    pub async fn trial(&self) -> Result<(), SandboxError> {
+        self.run(SandboxCommand::new("/bin/true"), &Events::discard(), 5)
+            .await
+            .map(|_| ())
+            .map_err(|e| SandboxError::Trial {
+                problem: e.to_string().trim().to_owned(),
+            })
     }
 
     /// The policy this sandbox applies.
@@ -445,7 +462,10 @@ impl Sandbox {
         if network {
             push(&[&"--ro-bind", &dir.join("resolv.conf"), &"/etc/resolv.conf"]);
         }
-        push(&[&"--tmpfs", &"/tmp", &"--proc", &"/proc", &"--dev", &"/dev"]);
+        // bwrap makes tmpfs root's 0755; the build user writes there (Go's work dir, HOME).
+        push(&[
+            &"--perms", &"1777", &"--tmpfs", &"/tmp", &"--proc", &"/proc", &"--dev", &"/dev",
+        ]);
         for b in &cmd.binds {
             for parent in parents_of(&b.inside) {
                 push(&[&"--perms", &"0755", &"--dir", &parent]);

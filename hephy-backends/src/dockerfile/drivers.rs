@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::UNIX_EPOCH;
 
 use hephy_core::{BuildContext, BuildError, BuildTarget, Digest, Events};
@@ -100,7 +99,7 @@ impl DockerfileBackend {
     async fn buildah_setup(&self, program: &Path) -> Result<BuildahSetup, BuildError> {
         self.setup
             .get_or_try_init(|| async {
-                let base = self.cache_dir.join("buildah");
+                let base = self.env.cache_root().join("buildah");
                 let root = base.join("storage");
                 let runroot = base.join("run");
                 for d in [&root, &runroot] {
@@ -318,14 +317,10 @@ fn short_hash(s: &str) -> String {
 }
 
 async fn buildah_version(program: &Path) -> (u32, u32) {
-    let out = tokio::process::Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    match out {
-        Ok(o) => parse_buildah_version(&String::from_utf8_lossy(&o.stdout)).unwrap_or((0, 0)),
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg("--version");
+    match exec::query(cmd).await {
+        Ok(out) => parse_buildah_version(&out).unwrap_or((0, 0)),
         Err(_) => (0, 0),
     }
 }
@@ -352,22 +347,16 @@ async fn choose_driver(program: &Path, root: &Path, runroot: &Path) -> String {
             return d.into();
         }
     }
-    let ok = tokio::process::Command::new(program)
+    let mut probe = tokio::process::Command::new(program);
+    probe
         .arg("--root")
         .arg(root)
         .arg("--runroot")
         .arg(runroot)
         .arg("--storage-driver")
         .arg("overlay")
-        .arg("images")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .arg("images");
+    let ok = exec::query(probe).await.is_ok();
     if ok {
         "overlay".into()
     } else {

@@ -38,6 +38,7 @@ use hephy_core::{
 };
 use tokio::sync::OnceCell;
 
+use crate::build_env::BuildEnv;
 use crate::check::host_can_run;
 use crate::paths::{self, MANIFEST_LIMIT};
 
@@ -47,6 +48,7 @@ mod parse;
 mod settings;
 
 pub use drivers::Builder;
+pub(crate) use settings::resolve as resolve_settings;
 pub use settings::{
     DockerfileSettings, KanikoSettings, ResolvedSettings, StringOrStrings, StringsOrTable,
 };
@@ -60,28 +62,22 @@ pub const DOCKERFILE_NAMES: &[&str] = &["Dockerfile", "Containerfile"];
 /// The `dockerfile` backend.
 ///
 /// ```
-/// use hephy_backends::dockerfile::DockerfileBackend;
+/// use hephy_backends::{dockerfile::DockerfileBackend, BuildEnv};
 /// use hephy_core::Backend;
-/// let b = DockerfileBackend::new().with_cache_dir(std::env::temp_dir().join("hephy-cache"));
+/// let b = DockerfileBackend::new(BuildEnv::unconfined(std::env::temp_dir().join("hephy-cache")));
 /// assert_eq!(b.name(), "dockerfile");
 /// ```
 #[derive(Debug, Clone)]
 pub struct DockerfileBackend {
     name: String,
-    cache_dir: PathBuf,
+    env: BuildEnv,
     binfmt_dir: PathBuf,
     builder: Option<Builder>,
     setup: Arc<OnceCell<BuildahSetup>>,
 }
 
-impl Default for DockerfileBackend {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The directory hephy keeps caches in: `$HEPHY_CACHE_DIR`, else `$XDG_CACHE_HOME/hephy`, else
-/// `$HOME/.cache/hephy`, else `hephy-cache` in the temp directory.
+/// The directory hephy keeps caches in when its embedder names none: `$HEPHY_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/hephy`, else `$HOME/.cache/hephy`, else `hephy-cache` in the temp directory.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("HEPHY_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
@@ -96,11 +92,12 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl DockerfileBackend {
-    /// The backend, named `dockerfile`, with its cache under [`default_cache_dir`].
-    pub fn new() -> Self {
+    /// The backend, named `dockerfile`, keeping buildah's image storage under `env`'s cache
+    /// root (`<root>/buildah`).
+    pub fn new(env: BuildEnv) -> Self {
         DockerfileBackend {
             name: "dockerfile".into(),
-            cache_dir: default_cache_dir(),
+            env,
             binfmt_dir: PathBuf::from("/proc/sys/fs/binfmt_misc"),
             builder: None,
             setup: Arc::new(OnceCell::new()),
@@ -109,18 +106,11 @@ impl DockerfileBackend {
 
     /// The same backend under the name `kaniko`, so that `backend = "kaniko"` in old
     /// configurations keeps working (with a warning). It never detects apps itself.
-    pub fn kaniko_alias() -> Self {
+    pub fn kaniko_alias(env: BuildEnv) -> Self {
         DockerfileBackend {
             name: "kaniko".into(),
-            ..Self::new()
+            ..Self::new(env)
         }
-    }
-
-    /// Keeps buildah's image storage under `dir` (`<dir>/buildah`).
-    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self.setup = Arc::new(OnceCell::new());
-        self
     }
 
     /// Reads registered binfmt_misc handlers (which let the kernel run other architectures'

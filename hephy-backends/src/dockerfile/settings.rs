@@ -271,39 +271,48 @@ impl DockerfileBackend {
     /// The settings for `ctx`: `[build.dockerfile]` with kaniko's settings (from
     /// `[build.dockerfile.kaniko]` or `[build.kaniko]`) mapped onto them.
     pub fn settings(&self, ctx: &BuildContext) -> Result<ResolvedSettings, BuildError> {
-        let build = &ctx.config().build;
-        let bad = |e: hephy_core::ConfigError| BuildError::InvalidContext {
-            problem: e.to_string(),
-        };
-        let s: DockerfileSettings = build.backend_settings("dockerfile").map_err(bad)?;
-        let mut r = ResolvedSettings {
-            file: s.file,
-            context: s.context,
-            target: s.target,
-            args: s.args,
-            builder: s.builder,
-            ..ResolvedSettings::default()
-        };
-        let mut kaniko = s.kaniko;
-        if build.backend_tables().any(|t| t == "kaniko") {
-            let k: KanikoSettings = build.backend_settings("kaniko").map_err(bad)?;
-            if kaniko.is_some() {
-                return Err(BuildError::InvalidContext {
-                    problem: "both [build.kaniko] and [build.dockerfile.kaniko] are set: keep one"
-                        .into(),
-                });
-            }
-            kaniko = Some(k);
-        }
-        if let Some(k) = kaniko {
-            k.map(&mut r)
-                .map_err(|problem| BuildError::InvalidContext { problem })?;
-        }
-        if self.name == "kaniko" {
-            r.warnings.push(
-                "backend = \"kaniko\" is built by the dockerfile backend (kaniko is archived): write backend = \"dockerfile\"".into(),
-            );
-        }
-        Ok(r)
+        resolve(ctx, self.name == "kaniko")
     }
+}
+
+/// [`DockerfileBackend::settings`] of the backend named `dockerfile`, or `kaniko` (its alias)
+/// when `kaniko_alias`.
+pub(crate) fn resolve(
+    ctx: &BuildContext,
+    kaniko_alias: bool,
+) -> Result<ResolvedSettings, BuildError> {
+    let build = &ctx.config().build;
+    let bad = |e: hephy_core::ConfigError| BuildError::InvalidContext {
+        problem: e.to_string(),
+    };
+    let s: DockerfileSettings = build.backend_settings("dockerfile").map_err(bad)?;
+    let mut r = ResolvedSettings {
+        file: s.file,
+        context: s.context,
+        target: s.target,
+        args: s.args,
+        builder: s.builder,
+        ..ResolvedSettings::default()
+    };
+    let mut kaniko = s.kaniko;
+    if build.backend_tables().any(|t| t == "kaniko") {
+        let k: KanikoSettings = build.backend_settings("kaniko").map_err(bad)?;
+        if kaniko.is_some() {
+            return Err(BuildError::InvalidContext {
+                problem: "both [build.kaniko] and [build.dockerfile.kaniko] are set: keep one"
+                    .into(),
+            });
+        }
+        kaniko = Some(k);
+    }
+    if let Some(k) = kaniko {
+        k.map(&mut r)
+            .map_err(|problem| BuildError::InvalidContext { problem })?;
+    }
+    if kaniko_alias {
+        r.warnings.push(
+            "backend = \"kaniko\" is built by the dockerfile backend (kaniko is archived): write backend = \"dockerfile\"".into(),
+        );
+    }
+    Ok(r)
 }

@@ -15,7 +15,10 @@
 //! [`WASM_CONFIG_MEDIA_TYPE`] and the single component as an `application/wasm` layer.
 //!
 //! With Spin installed, components that declare a `build` command are built with `spin build`
-//! first; without it, the `.wasm` files the manifest names must be committed.
+//! first; without it, the `.wasm` files the manifest names must be committed. `spin build` (and
+//! the commands it runs) runs in the [`BuildEnv`]'s sandbox, on a copy of the repository it may
+//! write, with the app's own home directory (`CACHE_ROOT/spin/APP`) and, when the server has
+//! Rust, its toolchain read-only on `PATH`; the artifact is packaged from that copy.
 
 use std::path::PathBuf;
 
@@ -26,7 +29,8 @@ use hephy_core::{
 use oci_spec::image::{Descriptor, MediaType};
 use serde::Deserialize;
 
-use crate::exec::{self, find_program};
+use crate::build_env::BuildEnv;
+use crate::exec::find_program;
 use crate::paths::{self, MANIFEST_LIMIT};
 use hephy_oci::layout::{to_oci_digest, OciLayout};
 
@@ -78,20 +82,26 @@ pub enum SpinFormat {
 /// The `spin` backend.
 ///
 /// ```
-/// use hephy_backends::spin::SpinBackend;
+/// use hephy_backends::{spin::SpinBackend, BuildEnv};
 /// use hephy_core::Backend;
-/// assert_eq!(SpinBackend::new().name(), "spin");
+/// let env = BuildEnv::unconfined(std::env::temp_dir().join("hephy-cache"));
+/// assert_eq!(SpinBackend::new(env).name(), "spin");
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SpinBackend {
+    env: BuildEnv,
     spin: Option<PathBuf>,
     no_spin: bool,
 }
 
 impl SpinBackend {
-    /// The backend; it runs `spin build` when `spin` is on `PATH`.
-    pub fn new() -> Self {
-        SpinBackend::default()
+    /// The backend; it runs `spin build` in `env` when `spin` is on `PATH`.
+    pub fn new(env: BuildEnv) -> Self {
+        SpinBackend {
+            env,
+            spin: None,
+            no_spin: false,
+        }
     }
 
     /// Never runs Spin, even when installed: the `.wasm` files must be in the repository.
@@ -135,6 +145,58 @@ impl SpinBackend {
         let rel = s.manifest.clone().unwrap_or_else(|| "spin.toml".into());
         let path = paths::resolve(ctx.dir(), "[build.spin] manifest", &rel)?;
         Ok((s, format, path, rel))
+    }
+
+    /// Runs `spin build -f MANIFEST` on a copy of the repository in `work`, which it returns.
+    async fn spin_build(
+        &self,
+        ctx: &BuildContext,
+        program: &std::path::Path,
+        rel: &str,
+        work: &std::path::Path,
+        events: &Events,
+    ) -> Result<PathBuf, BuildError> {
+        self.env.work_dir(work)?;
+        let home = self.env.app_cache("spin", ctx)?;
+        let mut cmd = self.env.command("/bin/sh");
+        let real = program
+            .canonicalize()
+            .unwrap_or_else(|_| program.to_path_buf());
+        let spin = cmd.toolchain(&real, "/opt/spin/bin/spin");
+        let mut path = String::from("/usr/local/bin:/usr/bin:/bin");
+        // Spin components are mostly Rust: their `cargo build` needs the server's toolchain.
+        if let Ok(root) = crate::cargo::sysroot(ctx).await {
+            let rust = cmd.toolchain(&root, "/opt/rust");
+            path = format!("{}:{path}", rust.join("bin").display());
+        }
+        let context = cmd.ro(ctx.dir(), "/context");
+        let build = cmd.rw(work, "/build");
+        let home_in = cmd.rw(&home, "/home/build");
+        cmd.arg("-c")
+            .arg(
+                r#"src=$1 copy=$2; shift 2
+cp -R --preserve=mode,timestamps -- "$src/." "$copy" && cd "$copy" && exec "$@""#,
+            )
+            .arg("sh")
+            .arg(context)
+            .arg(build.join("src"))
+            .arg(spin)
+            .arg("build")
+            .arg("-f")
+            .arg(rel)
+            .env("PATH", path)
+            .envs(ctx.config().build.env.clone())
+            .env("HOME", home_in.display().to_string())
+            .network(ctx.config().build.network);
+        self.env
+            .run(
+                cmd,
+                events,
+                "spin build",
+                "install Spin (https://spinframework.dev/install) or commit the .wasm files",
+            )
+            .await?;
+        Ok(work.join("src"))
     }
 
     /// Loads the app of `ctx`: its manifest resolved against the repository.
@@ -223,35 +285,34 @@ impl Backend for SpinBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
-        let (settings, format, manifest_path, rel) = Self::settings(ctx)?;
+        let (settings, format, _, rel) = Self::settings(ctx)?;
         let spin = if settings.build == Some(false) {
             None
         } else {
             self.spin_program()
         };
         let app = self.load(ctx, spin.is_some())?;
-        if app.any_build() {
-            match &spin {
-                Some(program) => {
-                    events.log(format!("Running spin build -f {rel}"));
-                    let mut cmd = tokio::process::Command::new(program);
-                    cmd.arg("build")
-                        .arg("-f")
-                        .arg(&manifest_path)
-                        .current_dir(ctx.dir());
-                    for (k, v) in &ctx.config().build.env {
-                        cmd.env(k, v);
-                    }
-                    exec::run(cmd, events, exec::TAIL_LINES)
-                        .await
-                        .map_err(|e| e.into_build_error("install Spin (https://spinframework.dev/install) or commit the .wasm files"))?;
+        let work = target.out_dir.join(".hephy-spin");
+        let built;
+        let ctx = match (&spin, app.any_build()) {
+            (Some(program), true) => {
+                events.log(format!("Running spin build -f {rel}"));
+                let copy = self.spin_build(ctx, program, &rel, &work, events).await?;
+                // Packaged from the copy `spin build` wrote: paths are checked against it.
+                let mut copy = BuildContext::new(copy, ctx.config().clone())
+                    .with_source_date_epoch(ctx.source_date_epoch());
+                if let Some(r) = ctx.revision() {
+                    copy = copy.with_revision(r.clone());
                 }
-                None => {
-                    events.log("Spin is not installed: packaging the .wasm files in the repository")
-                }
+                built = copy;
+                &built
             }
-        }
-        // Read again: `spin build` made the .wasm files.
+            (None, true) => {
+                events.log("Spin is not installed: packaging the .wasm files in the repository");
+                ctx
+            }
+            _ => ctx,
+        };
         let app = self.load(ctx, false)?;
         let layout = OciLayout::create(&target.out_dir)
             .map_err(|e| BuildError::other("cannot create the OCI layout", e.to_string()))?;
@@ -265,6 +326,7 @@ impl Backend for SpinBackend {
         layout
             .add_manifest(&desc, Some("latest"))
             .map_err(|e| BuildError::other("cannot write index.json", e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&work);
         events.log(format!(
             "Packaged {} component(s) of {} as {} artifact {}",
             app.components.len(),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hephy_backends::cargo::{elf_is_dynamic, CargoBackend};
 use hephy_core::{AppConfig, Backend, BuildContext, BuildTarget, Events, Platform};
 
-use crate::support::refusal;
+use crate::support::{collect, env, joined, refusal};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -73,8 +73,7 @@ fn get(port: u16, deadline: Duration) -> Result<String, Box<dyn std::error::Erro
 async fn builds_hello_rust_and_runs_it_under_runc() -> TestResult {
     let app = fixture_copy()?;
     let ctx = BuildContext::open(app.path())?;
-    let backend = CargoBackend::new()
-        .with_cache_dir(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hephy-cache"));
+    let backend = CargoBackend::new(env()?);
     let d = backend.detect(&ctx).await;
     assert_eq!(d.reason, "found Cargo.toml with the binary hello-rust");
     let out = tempfile::tempdir()?;
@@ -153,7 +152,7 @@ async fn refuses_a_platform_without_its_rust_target() -> TestResult {
     let s390x: Platform = "linux/s390x".parse()?;
     *ctx.config_mut() = AppConfig::default();
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx,
         &[Platform::host(), s390x],
         "a platform without its Rust target should be refused",
@@ -162,7 +161,7 @@ async fn refuses_a_platform_without_its_rust_target() -> TestResult {
     insta::assert_snapshot!(err.to_string());
 
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx,
         &["windows/amd64".parse()?],
         "a non-Linux platform should be refused",
@@ -182,13 +181,13 @@ async fn needs_a_binary_target() -> TestResult {
     )?;
     std::fs::write(dir.path().join("src/lib.rs"), "")?;
     let ctx = BuildContext::open(dir.path())?;
-    let d = CargoBackend::new().detect(&ctx).await;
+    let d = CargoBackend::new(env()?).detect(&ctx).await;
     assert!(!d.detected(), "a library crate is not an app: {d}");
     std::fs::create_dir_all(dir.path().join("src/bin"))?;
     std::fs::write(dir.path().join("src/bin/a.rs"), "fn main(){}")?;
     std::fs::write(dir.path().join("src/bin/b.rs"), "fn main(){}")?;
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx,
         &[Platform::host()],
         "two binaries without [build.cargo] bin should be refused",
@@ -216,12 +215,14 @@ async fn finds_the_binary_of_a_workspace_member() -> TestResult {
         std::fs::write(d.join("src").join(file), "fn main() {}\n")?;
     }
     let ctx = BuildContext::open(p)?;
-    let d = CargoBackend::new().detect(&ctx).await;
+    let d = CargoBackend::new(env()?).detect(&ctx).await;
     assert_eq!(
         d.reason,
         "found Cargo.toml with the binary app-server (package app-server)"
     );
-    CargoBackend::new().check(&ctx, &[Platform::host()]).await?;
+    CargoBackend::new(env()?)
+        .check(&ctx, &[Platform::host()])
+        .await?;
 
     // A second binary makes the choice explicit.
     let tools = p.join("crates/tools");
@@ -233,7 +234,7 @@ async fn finds_the_binary_of_a_workspace_member() -> TestResult {
     std::fs::write(tools.join("src/main.rs"), "fn main() {}\n")?;
     let ctx = BuildContext::open(p)?;
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx,
         &[Platform::host()],
         "two binaries in a workspace should need a choice",
@@ -244,8 +245,66 @@ async fn finds_the_binary_of_a_workspace_member() -> TestResult {
         p.join("hephy.toml"),
         "[build.cargo]\npackage = \"app-server\"\n",
     )?;
-    CargoBackend::new()
+    CargoBackend::new(env()?)
         .check(&BuildContext::open(p)?, &[Platform::host()])
         .await?;
+    Ok(())
+}
+
+/// A build script is pushed code: it runs in the sandbox, as the build user, seeing a copy of
+/// the repository and nothing of the host (issue 12: it read the admin token). And nothing
+/// above the copy is visible, so a `Cargo.toml` above the checkout (hephy's own workspace, on
+/// the demo server) no longer makes cargo refuse the app.
+#[tokio::test]
+async fn a_build_script_runs_confined_and_sees_no_workspace_above() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    std::fs::write(
+        tmp.path().join("Cargo.toml"),
+        "[workspace]\nmembers = [\"other\"]\n",
+    )?;
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "host-secret")?;
+    let marker = tmp.path().join("marker");
+    let repo = tmp.path().join("checkout");
+    std::fs::create_dir_all(repo.join("src"))?;
+    std::fs::write(
+        repo.join("Cargo.toml"),
+        "[package]\nname = \"spy\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+    )?;
+    std::fs::write(repo.join("src/main.rs"), "fn main() {}\n")?;
+    std::fs::write(
+        repo.join("build.rs"),
+        format!(
+            r#"fn main() {{
+    let uid = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = uid.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    println!("cargo:warning={{uid}}");
+    println!("cargo:warning=secret={{:?}}", std::fs::read_to_string({secret:?}).ok());
+    println!("cargo:warning=marker={{:?}}", std::fs::write({marker:?}, "x").is_ok());
+    for (k, v) in std::env::vars() {{
+        println!("cargo:warning=env {{k}}={{v}}");
+    }}
+}}
+"#,
+            secret = secret.display().to_string(),
+            marker = marker.display().to_string(),
+        ),
+    )?;
+    let ctx = BuildContext::open(&repo)?.with_app("spy".parse()?);
+    let (events, lines) = collect();
+    let out = tmp.path().join("out");
+    CargoBackend::new(env()?)
+        .build(&ctx, &BuildTarget::new(Platform::host(), &out), &events)
+        .await?;
+    let log = joined(&lines);
+    assert!(log.contains("Uid:\t65534"), "{log}");
+    assert!(log.contains("secret=None"), "{log}");
+    assert!(!log.contains("host-secret"), "{log}");
+    assert!(!marker.exists(), "the build script wrote on the host");
+    assert!(!log.contains("CARGO_MANIFEST_DIR=/work"), "{log}");
+    assert!(
+        !repo.join("Cargo.lock").exists(),
+        "cargo wrote into the checkout instead of its copy"
+    );
     Ok(())
 }

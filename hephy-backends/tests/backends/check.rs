@@ -7,7 +7,7 @@ use hephy_backends::check::{check_go_cgo, explain};
 use hephy_backends::default_backends;
 use hephy_core::{Backend, BuildContext};
 
-use crate::support::repo;
+use crate::support::{env, repo};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,7 +18,7 @@ fn host_free(s: String) -> String {
 async fn explained(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let ctx = BuildContext::open(dir)?;
     Ok(host_free(
-        explain(&ctx, &default_backends()).await.to_string(),
+        explain(&ctx, &default_backends(&env()?)).await.to_string(),
     ))
 }
 
@@ -43,7 +43,7 @@ async fn a_named_backend_is_used_and_unknown_names_are_explained() -> TestResult
         ("hephy.toml", "[build]\nbackend = \"nodejs\"\n"),
     ])?;
     let ctx = BuildContext::open(dir.path())?;
-    let e = explain(&ctx, &default_backends()).await;
+    let e = explain(&ctx, &default_backends(&env()?)).await;
     assert!(!e.ok());
     insta::assert_snapshot!(host_free(e.to_string()));
     Ok(())
@@ -75,7 +75,7 @@ async fn refuses_go_importing_c_with_cgo_off() -> TestResult {
     insta::assert_snapshot!("explain_cgo", explained(dir.path()).await?);
 
     // The pipeline refuses it too: the go backend of `default_backends` runs the check.
-    let go = default_backends()
+    let go = default_backends(&env()?)
         .into_iter()
         .find(|b| b.name() == "go")
         .ok_or("no go backend")?;
@@ -119,7 +119,7 @@ async fn refusals_show_in_explain() -> TestResult {
     // Nothing at all.
     let dir = repo(&[("README", "nothing to build\n")])?;
     let ctx = BuildContext::open(dir.path())?;
-    let e = explain(&ctx, &default_backends()).await;
+    let e = explain(&ctx, &default_backends(&env()?)).await;
     assert!(
         e.chosen.is_some(),
         "the files backend takes anything, as a fallback: {e}"

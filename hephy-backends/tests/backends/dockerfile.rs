@@ -11,7 +11,7 @@ use hephy_oci::layout::OciLayout;
 use hephy_oci::registry::{RegistryOptions, RegistryPublisher};
 use hephy_testing::TestRegistry;
 
-use crate::support::{collect, ctx, joined, refusal, repo};
+use crate::support::{collect, ctx, env, joined, refusal, repo};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -29,10 +29,6 @@ fn normalize(s: &str) -> String {
     s.replace(&foreign().to_string(), "[FOREIGN]")
         .replace(foreign().architecture(), "[FOREIGN_ARCH]")
         .replace(&Platform::host().to_string(), "[HOST]")
-}
-
-fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hephy-cache")
 }
 
 #[tokio::test]
@@ -61,7 +57,7 @@ label = { team = "web" }
 "#,
         ),
     ])?;
-    let backend = DockerfileBackend::kaniko_alias();
+    let backend = DockerfileBackend::kaniko_alias(env()?);
     let s = backend.settings(&ctx(dir.path())?)?;
     assert_eq!(s.file.as_deref(), Some("docker/Dockerfile"));
     assert_eq!(s.context.as_deref(), Some("."));
@@ -80,7 +76,7 @@ label = { team = "web" }
             "[build.dockerfile.kaniko]\nbuild-argz = [\"A=1\"]\n",
         ),
     ])?;
-    let err = DockerfileBackend::new()
+    let err = DockerfileBackend::new(env()?)
         .settings(&ctx(dir.path())?)
         .err()
         .ok_or("a misspelt kaniko key should be refused")?;
@@ -90,7 +86,7 @@ label = { team = "web" }
 
 #[tokio::test]
 async fn detects_dockerfile_and_containerfile() -> TestResult {
-    let b = DockerfileBackend::new();
+    let b = DockerfileBackend::new(env()?);
     let d = b
         .detect(&ctx(repo(&[("Containerfile", "FROM scratch\n")])?.path())?)
         .await;
@@ -100,7 +96,7 @@ async fn detects_dockerfile_and_containerfile() -> TestResult {
         .detect(&ctx(repo(&[("go.mod", "module x\n")])?.path())?)
         .await;
     assert!(!d.detected(), "{d}");
-    let d = DockerfileBackend::kaniko_alias()
+    let d = DockerfileBackend::kaniko_alias(env()?)
         .detect(&ctx(repo(&[("Dockerfile", "FROM scratch\n")])?.path())?)
         .await;
     assert!(
@@ -117,7 +113,7 @@ async fn refuses_ssh_mounts() -> TestResult {
         "FROM scratch AS build\nCOPY . /src\nRUN --mount=type=ssh \\\n    git clone git@example.com:team/private.git\n",
     )])?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         "RUN --mount=type=ssh should be refused",
@@ -138,7 +134,7 @@ async fn refuses_heredocs_on_old_buildah() -> TestResult {
         version: (1, 28),
     };
     let err = refusal(
-        &DockerfileBackend::new().with_builder(old),
+        &DockerfileBackend::new(env()?).with_builder(old),
         &ctx(dir.path())?,
         &[Platform::host()],
         "a heredoc should be refused with buildah 1.28",
@@ -151,7 +147,7 @@ async fn refuses_heredocs_on_old_buildah() -> TestResult {
         program: PathBuf::from("buildah"),
         version: (1, 33),
     };
-    DockerfileBackend::new()
+    DockerfileBackend::new(env()?)
         .with_builder(new)
         .check(&ctx(dir.path())?, &[Platform::host()])
         .await?;
@@ -165,7 +161,7 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
         "FROM scratch AS app\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"true\"]\n",
     )])?;
     let no_binfmt = tempfile::tempdir()?;
-    let backend = DockerfileBackend::new().with_binfmt_dir(no_binfmt.path());
+    let backend = DockerfileBackend::new(env()?).with_binfmt_dir(no_binfmt.path());
     let c = ctx(dir.path())?;
     let err = refusal(
         &backend,
@@ -190,7 +186,7 @@ async fn refuses_foreign_run_without_binfmt() -> TestResult {
             "enabled\ninterpreter /usr/bin/qemu-{q}-static\nflags: F\noffset 0\nmagic 7f454c46\n"
         ),
     )?;
-    DockerfileBackend::new()
+    DockerfileBackend::new(env()?)
         .with_binfmt_dir(with_binfmt.path())
         .check(&c, &[foreign()])
         .await?;
@@ -239,7 +235,7 @@ async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
         ("hephy.toml", "[build.dockerfile]\ntarget = \"prod\"\n"),
     ])?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         "an unknown target should be refused",
@@ -252,7 +248,7 @@ async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
         ("hephy.toml", "[build.dockerfile]\ncontext = \"../..\"\n"),
     ])?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         "a context outside the repository should be refused",
@@ -305,7 +301,7 @@ async fn builds_with_buildah_and_pushes_to_a_registry() -> TestResult {
     ])?;
     busybox_base(&dir.path().join("base")).await?;
     let out = tempfile::tempdir()?;
-    let backend = DockerfileBackend::new().with_cache_dir(cache_dir());
+    let backend = DockerfileBackend::new(env()?);
     let c = ctx(dir.path())?;
     let (events, lines) = collect();
     let image = backend
@@ -394,9 +390,7 @@ async fn builds_a_foreign_platform_without_run_steps() -> TestResult {
         ("hello.txt", "hello\n"),
     ])?;
     let out = tempfile::tempdir()?;
-    let backend = DockerfileBackend::new()
-        .with_cache_dir(cache_dir())
-        .with_binfmt_dir(out.path());
+    let backend = DockerfileBackend::new(env()?).with_binfmt_dir(out.path());
     let c = ctx(dir.path())?;
     backend.check(&c, &[foreign()]).await?;
     let image = backend
@@ -429,8 +423,7 @@ async fn a_failing_run_step_reports_its_last_lines() -> TestResult {
     )])?;
     busybox_base(&dir.path().join("base")).await?;
     let out = tempfile::tempdir()?;
-    let err = DockerfileBackend::new()
-        .with_cache_dir(cache_dir())
+    let err = DockerfileBackend::new(env()?)
         .build(
             &ctx(dir.path())?,
             &BuildTarget::new(Platform::host(), out.path()),

@@ -14,7 +14,7 @@ use hephy_oci::OciLayoutPublisher;
 
 use hephy_testing::{free_port, http_get, umoci_unpack};
 
-use crate::support::{collect, joined, refusal};
+use crate::support::{collect, env, joined, refusal};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
@@ -22,9 +22,10 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-go")
 }
 
-/// A Go backend whose build cache outlives the test run, so reruns are fast.
-fn backend() -> GoBackend {
-    GoBackend::new().with_cache_dir(Path::new(env!("CARGO_TARGET_TMPDIR")).join("hephy-go-build"))
+/// A Go backend in the tests' sandbox, whose build cache outlives the test run, so reruns are
+/// fast.
+fn backend() -> Result<GoBackend> {
+    Ok(GoBackend::new(env()?))
 }
 
 fn context(dir: &Path, extra: &str) -> Result<BuildContext> {
@@ -49,11 +50,13 @@ data = "static"
 
 #[tokio::test]
 async fn detects_go_mod_and_names_the_module() -> Result {
-    let d = GoBackend::new().detect(&context(&fixture(), "")?).await;
+    let d = GoBackend::new(env()?)
+        .detect(&context(&fixture(), "")?)
+        .await;
     assert_eq!(d.confidence, Confidence::High);
     assert!(d.reason.contains("example.com/hello"), "{}", d.reason);
     let tmp = tempfile::tempdir()?;
-    assert!(!GoBackend::new()
+    assert!(!GoBackend::new(env()?)
         .detect(&BuildContext::new(tmp.path(), AppConfig::default()))
         .await
         .detected());
@@ -64,7 +67,7 @@ async fn detects_go_mod_and_names_the_module() -> Result {
 async fn multi_arch_image_runs_under_qemu_and_runc_and_is_reproducible() -> Result {
     let tmp = tempfile::tempdir()?;
     let pipeline = Pipeline::builder()
-        .backend(Arc::new(backend()))
+        .backend(Arc::new(backend()?))
         .publisher(Arc::new(OciLayoutPublisher::new(tmp.path().join("images"))))
         .build()?;
     let (events, lines) = collect();
@@ -86,7 +89,7 @@ async fn multi_arch_image_runs_under_qemu_and_runc_and_is_reproducible() -> Resu
 
     // The same commit built again elsewhere gives the same digest.
     let pipeline2 = Pipeline::builder()
-        .backend(Arc::new(backend()))
+        .backend(Arc::new(backend()?))
         .publisher(Arc::new(OciLayoutPublisher::new(
             tmp.path().join("images2"),
         )))
@@ -216,7 +219,7 @@ async fn compile_error_fails_with_the_compiler_lines() -> Result {
     )?;
     let (events, lines) = collect();
     let target = BuildTarget::new(Platform::linux_amd64(), tmp.path().join("out"));
-    let err = backend()
+    let err = backend()?
         .build(
             &context(&ctx_dir, "")?,
             &target,
@@ -246,7 +249,7 @@ async fn missing_go_names_what_to_install() -> Result {
     let tmp = tempfile::tempdir()?;
     let ctx = context(&fixture(), "toolchain = \"/nonexistent/bin/go\"")?;
     let target = BuildTarget::new(Platform::linux_amd64(), tmp.path().join("out"));
-    let err = backend()
+    let err = backend()?
         .build(&ctx, &target, &Events::discard())
         .await
         .err()
@@ -261,7 +264,7 @@ async fn missing_go_names_what_to_install() -> Result {
     // A name on PATH that does not exist gives the same hint, from the check before any build.
     let ctx = context(&fixture(), "toolchain = \"no-such-go-binary\"")?;
     let err = refusal(
-        &backend(),
+        &backend()?,
         &ctx,
         &[Platform::linux_amd64()],
         "the check passed without go",
@@ -271,7 +274,7 @@ async fn missing_go_names_what_to_install() -> Result {
         err.to_string().contains("apt-get install golang-go"),
         "{err}"
     );
-    let err = backend()
+    let err = backend()?
         .build(&ctx, &target, &Events::discard())
         .await
         .err()
@@ -318,14 +321,14 @@ async fn a_toolchain_in_the_repository_never_runs() -> Result {
         )?;
         let ctx = BuildContext::open(&repo)?;
         let err = refusal(
-            &backend(),
+            &backend()?,
             &ctx,
             &[Platform::linux_amd64()],
             "a toolchain in the repository passed the check",
         )
         .await?;
         let target = BuildTarget::new(Platform::linux_amd64(), out.clone());
-        let built = backend()
+        let built = backend()?
             .build(&ctx, &target, &Events::discard())
             .await
             .err()
@@ -341,5 +344,56 @@ async fn a_toolchain_in_the_repository_never_runs() -> Result {
         assert!(named || missing, "{toolchain}: {err}");
         assert!(!marker.exists(), "{toolchain}: the repository's script ran");
     }
+    Ok(())
+}
+
+/// Pushed code that runs during `go build` (here through `-toolexec`, which `[build] env` can
+/// set) runs in the sandbox: as the build user, with a cleared environment, the repository
+/// read-only, no view of the host's files or of other apps' caches, and no network when the
+/// app turns it off.
+#[tokio::test]
+async fn go_build_runs_confined() -> Result {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("repo");
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "host-secret")?;
+    std::fs::create_dir_all(&repo)?;
+    std::fs::write(repo.join("go.mod"), "module example.com/spy\n\ngo 1.19\n")?;
+    std::fs::write(repo.join("main.go"), "package main\n\nfunc main() {}\n")?;
+    let spy = format!(
+        "#!/bin/sh\n{{ echo \"uid=$(id -u)\"; echo \"interfaces=$(grep -c : /proc/net/dev)\"; \
+         ls /cache | sed 's/^/cache:/'; ls / | tr '\\n' ' '; echo; env | sed 's/^/env:/'; \
+         cat {} 2>&1; touch /src/written 2>&1; }} >&2\nexec \"$@\"\n",
+        secret.display()
+    );
+    std::fs::write(repo.join("spy.sh"), spy)?;
+    std::fs::set_permissions(repo.join("spy.sh"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(
+        repo.join("hephy.toml"),
+        "[build]\nnetwork = false\nenv = { GOFLAGS = \"-toolexec=/src/spy.sh\", GOPROXY = \"off\" }\n",
+    )?;
+    let ctx = BuildContext::open(&repo)?.with_app("spy".parse()?);
+    let (events, lines) = collect();
+    let target = BuildTarget::new(Platform::linux_amd64(), tmp.path().join("out"));
+    backend()?.build(&ctx, &target, &events).await?;
+    let log = joined(&lines);
+    assert!(log.contains("uid=65534"), "{log}");
+    assert!(log.contains("interfaces=1"), "network = false: {log}");
+    // Its own cache only: GOCACHE and GOPATH, not the cache root with other apps in it.
+    assert!(log.contains("cache:go-build"), "{log}");
+    assert!(!log.contains("cache:spy"), "{log}");
+    for hidden in [" work ", " root ", "host-secret", "CARGO_MANIFEST_DIR"] {
+        assert!(
+            !log.contains(hidden),
+            "{hidden:?} reached the build:\n{log}"
+        );
+    }
+    assert!(log.contains("env:GOOS=linux"), "{log}");
+    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(
+        !repo.join("written").exists(),
+        "the build wrote into the repository"
+    );
     Ok(())
 }

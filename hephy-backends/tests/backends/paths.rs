@@ -10,7 +10,7 @@ use hephy_backends::paths::{self, PathError, MANIFEST_LIMIT};
 use hephy_backends::{CargoBackend, DockerfileBackend, FilesBackend, GoBackend, SpinBackend};
 use hephy_core::{Backend, BuildError, BuildTarget, Events, Platform};
 
-use crate::support::{ctx, refusal, repo};
+use crate::support::{ctx, env, refusal, repo};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -202,7 +202,7 @@ async fn dockerfile_refuses_a_context_that_links_to_root() -> TestResult {
     ])?;
     symlink("/", dir.path().join("ctx"))?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         "context -> / passed the check",
@@ -214,7 +214,7 @@ async fn dockerfile_refuses_a_context_that_links_to_root() -> TestResult {
     let dir = repo(&[("hephy.toml", "")])?;
     symlink("/etc/passwd", dir.path().join("Dockerfile"))?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         "Dockerfile -> /etc/passwd passed the check",
@@ -226,7 +226,7 @@ async fn dockerfile_refuses_a_context_that_links_to_root() -> TestResult {
     let dir = repo(&[("Dockerfile", "FROM scratch\n")])?;
     symlink("/etc/shadow", dir.path().join(".dockerignore"))?;
     let err = refusal(
-        &DockerfileBackend::new(),
+        &DockerfileBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::host()],
         ".dockerignore -> /etc/shadow passed the check",
@@ -246,9 +246,12 @@ async fn go_refuses_go_mod_linking_to_dev_zero() -> TestResult {
     symlink("/dev/zero", dir.path().join("go.mod"))?;
     // It is still detected, so that check explains the refusal instead of another backend
     // shipping the repository.
-    assert!(GoBackend::new().detect(&ctx(dir.path())?).await.detected());
+    assert!(GoBackend::new(env()?)
+        .detect(&ctx(dir.path())?)
+        .await
+        .detected());
     let err = refusal(
-        &GoBackend::new(),
+        &GoBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "go.mod -> /dev/zero passed the check",
@@ -256,7 +259,7 @@ async fn go_refuses_go_mod_linking_to_dev_zero() -> TestResult {
     .await?;
     insta::assert_snapshot!("go_mod_dev_zero", err.to_string());
     let built = build_refusal(
-        &GoBackend::new(),
+        &GoBackend::new(env()?),
         dir.path(),
         "go.mod -> /dev/zero was built",
     )
@@ -280,7 +283,7 @@ async fn go_refuses_go_mod_linking_to_dev_zero() -> TestResult {
         symlink("/", dir.path().join("data"))?;
         symlink("/", dir.path().join("cmd"))?;
         let err = refusal(
-            &GoBackend::new(),
+            &GoBackend::new(env()?),
             &ctx(dir.path())?,
             &[Platform::linux_amd64()],
             why,
@@ -299,7 +302,7 @@ async fn cargo_and_spin_read_their_manifests_only_from_inside() -> TestResult {
     let dir = repo(&[("src/main.rs", "fn main() {}\n")])?;
     symlink("/etc/passwd", dir.path().join("Cargo.toml"))?;
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "Cargo.toml -> /etc/passwd passed the check",
@@ -310,7 +313,7 @@ async fn cargo_and_spin_read_their_manifests_only_from_inside() -> TestResult {
     let dir = repo(&[("hephy.toml", "[build.spin]\nmanifest = \"app/spin.toml\"\n")])?;
     symlink("/etc", dir.path().join("app"))?;
     let err = refusal(
-        &SpinBackend::new().without_spin(),
+        &SpinBackend::new(env()?).without_spin(),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "a manifest behind a link to /etc passed the check",
@@ -323,7 +326,7 @@ async fn cargo_and_spin_read_their_manifests_only_from_inside() -> TestResult {
     let dir = repo(&[("spin.toml", manifest), ("static/ok.txt", "ok\n")])?;
     symlink("/dev/zero", dir.path().join("app.wasm"))?;
     let err = refusal(
-        &SpinBackend::new().without_spin(),
+        &SpinBackend::new(env()?).without_spin(),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "source -> /dev/zero passed the check",
@@ -334,7 +337,7 @@ async fn cargo_and_spin_read_their_manifests_only_from_inside() -> TestResult {
     std::fs::write(dir.path().join("app.wasm"), b"\0asm\x01\0\0\0")?;
     symlink("/etc/passwd", dir.path().join("static/passwd"))?;
     let err = refusal(
-        &SpinBackend::new().without_spin(),
+        &SpinBackend::new(env()?).without_spin(),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "a mounted link to /etc/passwd passed the check",
@@ -367,7 +370,7 @@ async fn dockerfile_bases_must_be_in_the_repository() -> TestResult {
         let dir = repo(&[("Dockerfile", dockerfile)])?;
         symlink("/var", dir.path().join("base"))?;
         let err = refusal(
-            &DockerfileBackend::new(),
+            &DockerfileBackend::new(env()?),
             &ctx(dir.path())?,
             &[Platform::host()],
             "a base outside the repository passed the check",
@@ -395,7 +398,7 @@ async fn cargo_refuses_a_rust_toolchain_named_by_path() -> TestResult {
         ),
     ])?;
     let err = refusal(
-        &CargoBackend::new(),
+        &CargoBackend::new(env()?),
         &ctx(dir.path())?,
         &[Platform::linux_amd64()],
         "a toolchain in the repository passed the check",

@@ -17,7 +17,7 @@ use hephy_testing::{
     TestingError, TokenAuth,
 };
 
-use crate::support::{collect, joined};
+use crate::support::{collect, env, joined};
 use hephy_testing::{free_port, http_get, umoci_unpack};
 
 type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
@@ -53,8 +53,7 @@ data = "static"
     let ctx = BuildContext::new(&fixture, config)
         .with_revision(Revision::new("0123456789abcdef0123456789abcdef01234567"))
         .with_source_date_epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-    let backend = GoBackend::new()
-        .with_cache_dir(Path::new(env!("CARGO_TARGET_TMPDIR")).join("hephy-go-build"));
+    let backend = GoBackend::new(env()?);
     let amd = BuildTarget::new(Platform::linux_amd64(), out.join("amd64"));
     let arm = BuildTarget::new(Platform::linux_arm64(), out.join("arm64"));
     let events = Events::discard();

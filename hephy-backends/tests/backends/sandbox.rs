@@ -31,6 +31,7 @@ async fn a_build_runs_unprivileged_with_a_cleared_environment_and_sees_only_its_
     let (events, lines) = collect();
     let script = format!(
         "id -u; id -G; env | sort; cat {} 2>&1; ls /root /work 2>&1; touch /build/made; \
+         touch /tmp/made && echo tmp-is-writable; \
          grep -c . /proc/[0-9]*/cmdline 2>/dev/null | wc -l; grep ^Cap /proc/self/status",
         secret.display()
     );
@@ -44,6 +45,7 @@ async fn a_build_runs_unprivileged_with_a_cleared_environment_and_sees_only_its_
     let first: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(first[0], BUILD_UID.to_string(), "{out}");
     assert!(out.contains("GREETING=hi"), "{out}");
+    assert!(out.contains("tmp-is-writable"), "{out}");
     assert!(out.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "{out}");
     // Nothing of the test's (the server's) environment: no HOME of root, no CARGO_*, no RUST*.
     for leak in ["CARGO", "RUST", "HOME=/root", "PWD=/work"] {

@@ -17,7 +17,7 @@ use hephy_oci::registry::{RegistryOptions, RegistryPublisher};
 use hephy_testing::TestRegistry;
 use serde_json::Value;
 
-use crate::support::refusal;
+use crate::support::{env, refusal};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -142,7 +142,7 @@ fn redact(v: &str) -> String {
 async fn packages_like_spin_registry_push() -> TestResult {
     let dir = spin_repo(true)?;
     let out = tempfile::tempdir()?;
-    let backend = SpinBackend::new().without_spin();
+    let backend = SpinBackend::new(env()?).without_spin();
     let c = ctx(dir.path())?;
     let d = backend.detect(&c).await;
     assert_eq!(d.reason, "found spin.toml (Spin app hello-spin)");
@@ -260,7 +260,7 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
         "[build.spin]\nformat = \"wasm\"\n",
     )?;
     let out = tempfile::tempdir()?;
-    let image = SpinBackend::new()
+    let image = SpinBackend::new(env()?)
         .without_spin()
         .build(
             &ctx(dir.path())?,
@@ -315,7 +315,7 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
         "[build.spin]\nformat = \"wasm\"\n",
     )?;
     let err = refusal(
-        &SpinBackend::new().without_spin(),
+        &SpinBackend::new(env()?).without_spin(),
         &ctx(two.path())?,
         &[Platform::host()],
         "format = wasm with two components should be refused",
@@ -329,7 +329,7 @@ async fn cncf_wasm_format_holds_one_component() -> TestResult {
 async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
     let dir = spin_repo(false)?;
     let err = refusal(
-        &SpinBackend::new().without_spin(),
+        &SpinBackend::new(env()?).without_spin(),
         &ctx(dir.path())?,
         &[Platform::host()],
         "a missing .wasm should be refused",
@@ -340,7 +340,7 @@ async fn missing_wasm_names_the_file_and_spin_build() -> TestResult {
     // Not Wasm at all.
     std::fs::write(dir.path().join("target/hello.wasm"), "#!/bin/sh\n")?;
     let out = tempfile::tempdir()?;
-    let err = SpinBackend::new()
+    let err = SpinBackend::new(env()?)
         .without_spin()
         .build(
             &ctx(dir.path())?,
@@ -365,7 +365,7 @@ async fn a_spin_app_goes_through_the_pipeline() -> TestResult {
     let dir = spin_repo(true)?;
     let work = tempfile::tempdir()?;
     let mut builder = Pipeline::builder();
-    for b in default_backends() {
+    for b in default_backends(&env()?) {
         builder = builder.backend(b);
     }
     let pipeline = builder
@@ -392,6 +392,51 @@ async fn a_spin_app_goes_through_the_pipeline() -> TestResult {
     assert!(
         report.published.platforms.is_empty(),
         "a Wasm artifact has no platform"
+    );
+    Ok(())
+}
+
+/// `spin build` runs the component build commands a push wrote: in the sandbox, as the build
+/// user, on a copy of the repository, from which the artifact is then packaged.
+#[tokio::test]
+async fn spin_build_runs_confined_on_a_copy() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = spin_repo(false)?;
+    let tools = tempfile::tempdir()?;
+    let secret = tools.path().join("secret");
+    std::fs::write(&secret, "host-secret")?;
+    // A stand-in for spin, installed by the admin (outside the repository): what the build
+    // command would do, plus a look around.
+    let spin = tools.path().join("spin");
+    std::fs::write(
+        &spin,
+        format!(
+            "#!/bin/sh\necho \"spin uid=$(id -u) args=$*\"\ncat {} 2>&1\n\
+             [ \"$*\" = \"build -f spin.toml\" ] || exit 9\ncp target/assets.wasm target/hello.wasm\n",
+            secret.display()
+        ),
+    )?;
+    std::fs::set_permissions(&spin, std::fs::Permissions::from_mode(0o755))?;
+    let (events, lines) = crate::support::collect();
+    let out = tempfile::tempdir()?;
+    SpinBackend::new(env()?)
+        .with_spin(&spin)
+        .build(
+            &ctx(dir.path())?.with_app("spin-spy".parse()?),
+            &BuildTarget::new(Platform::host(), out.path()),
+            &events,
+        )
+        .await?;
+    let log = crate::support::joined(&lines);
+    assert!(
+        log.contains("spin uid=65534 args=build -f spin.toml"),
+        "{log}"
+    );
+    assert!(!log.contains("host-secret"), "{log}");
+    assert!(log.contains("Packaged 2 component(s)"), "{log}");
+    assert!(
+        !dir.path().join("target/hello.wasm").exists(),
+        "spin build wrote into the repository instead of its copy"
     );
     Ok(())
 }

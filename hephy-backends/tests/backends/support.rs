@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use hephy_backends::sandbox::{Sandbox, SandboxError, SandboxPolicy};
+use hephy_backends::BuildEnv;
 use hephy_core::{Backend, BuildContext, BuildError, Events, Platform};
 
 /// A repository in a temp dir with `files` (path, content).
@@ -17,6 +19,14 @@ pub fn repo(files: &[(&str, &str)]) -> Result<tempfile::TempDir, Box<dyn std::er
         std::fs::write(p, content)?;
     }
     Ok(dir)
+}
+
+/// The tests' build environment: the real sandbox (the tests run as root, as hephy-server
+/// does), with caches that outlive the test run, so reruns are fast.
+pub fn env() -> Result<BuildEnv, SandboxError> {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hephy-build-env");
+    let sandbox = Sandbox::new(SandboxPolicy::default(), root.join("scratch"))?;
+    Ok(BuildEnv::sandboxed(sandbox, root.join("cache")))
 }
 
 /// The build context of `dir`.
