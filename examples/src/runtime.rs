@@ -36,7 +36,7 @@ pub async fn local_deployer(
 
 /// The Kubernetes deployer for the cluster of the current kubeconfig (or in-cluster config).
 pub async fn kubernetes_deployer(namespace: &str) -> Result<Arc<dyn Deployer>> {
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let client = hephy_deploy::kube::Client::try_default().await.map_err(|e| {
         format!("cannot configure a Kubernetes client ({e}): set KUBECONFIG, put a kubeconfig at ~/.kube/config, or run in a pod")
     })?;
     let d = hephy_deploy::kubernetes::KubernetesDeployer::builder(client)
