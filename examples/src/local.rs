@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hephy_backends::dockerfile::default_cache_dir;
+use hephy_backends::sandbox::{Sandbox, SandboxError, SandboxPolicy};
+use hephy_backends::BuildEnv;
 use hephy_core::{
     AppName, BuildContext, Events, Job, Pipeline, Platform, Publisher, Revision, Source,
 };
@@ -73,6 +76,37 @@ pub fn head(dir: &Path) -> Option<Revision> {
     )
 }
 
+/// Where `hephy build` runs build tools: in hephy-server's sandbox when run as root (which the
+/// sandbox needs), else on this machine as the current user, with a warning; it is the user's
+/// own code, but a build then sees what they see.
+fn local_build_env(work: &Path, style: &Style) -> Result<BuildEnv> {
+    match Sandbox::new(SandboxPolicy::default(), work.join("sandbox")) {
+        Ok(sandbox) => {
+            eprintln!(
+                "{}",
+                style.event_line(&format!(
+                    "        building in the build sandbox, as uid {}, as hephy-server does",
+                    sandbox.policy().uid
+                ))
+            );
+            Ok(BuildEnv::sandboxed(sandbox, default_cache_dir()))
+        }
+        Err(e) => {
+            let why = match e {
+                SandboxError::NotRoot { .. } => "not running as root".to_owned(),
+                other => other.to_string(),
+            };
+            eprintln!(
+                "{}",
+                style.event_line(&format!(
+                    " !     building without the sandbox ({why}): the build tools run as you and see what you see; run hephy build as root to build as hephy-server does"
+                ))
+            );
+            Ok(BuildEnv::unconfined(default_cache_dir()))
+        }
+    }
+}
+
 /// Runs `hephy build`.
 pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result {
     let app: AppName = match app {
@@ -113,8 +147,9 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
         )?,
         None => Arc::new(hephy_oci::OciLayoutPublisher::new(&args.layout)),
     };
+    let env = local_build_env(work.path(), style)?;
     let mut builder = Pipeline::builder().publisher(publisher);
-    for b in hephy_backends::default_backends() {
+    for b in hephy_backends::default_backends(&env) {
         builder = builder.backend(b);
     }
     let pipeline = builder.build()?;
@@ -134,7 +169,9 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
 /// Runs `hephy check`.
 pub async fn check(args: CheckArgs, style: &Style) -> Result {
     let ctx = BuildContext::open(&args.dir)?;
-    let backends = hephy_backends::default_backends();
+    // `check` runs no build tool: nothing of the repository runs, sandbox or not.
+    let env = BuildEnv::unconfined(default_cache_dir());
+    let backends = hephy_backends::default_backends(&env);
     let explanation = hephy_backends::check::explain(&ctx, &backends).await;
     print!("{explanation}");
     if explanation.ok() {

@@ -36,7 +36,7 @@ pub async fn local_deployer(
 
 /// The Kubernetes deployer for the cluster of the current kubeconfig (or in-cluster config).
 pub async fn kubernetes_deployer(namespace: &str) -> Result<Arc<dyn Deployer>> {
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let client = hephy_deploy::kube::Client::try_default().await.map_err(|e| {
         format!("cannot configure a Kubernetes client ({e}): set KUBECONFIG, put a kubeconfig at ~/.kube/config, or run in a pod")
     })?;
     let d = hephy_deploy::kubernetes::KubernetesDeployer::builder(client)
@@ -121,4 +121,75 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// The build environment of hephy-server: every build tool in the sandbox `policy` describes,
+/// with per-build scratch files and the apps' build caches under `data`. Fails, saying how to
+/// fix it, when the sandbox cannot run a trial build. `unconfined` (the
+/// `--unsafe-no-build-sandbox` flag) runs build tools on the host as root instead, with a loud
+/// warning.
+pub async fn build_env(
+    data: &Path,
+    policy: hephy_backends::sandbox::SandboxPolicy,
+    unconfined: bool,
+) -> Result<hephy_backends::BuildEnv> {
+    use hephy_backends::sandbox::Sandbox;
+    use hephy_backends::BuildEnv;
+    let cache = data.join("build-cache");
+    if unconfined {
+        eprintln!(
+            "hephy-server: WARNING: --unsafe-no-build-sandbox: build tools run as root on this server, unconfined. Whoever can push can read every secret here (the admin token, registry passwords, other apps) and take over the machine. Use it only where every pusher is trusted with root."
+        );
+        return Ok(BuildEnv::unconfined(cache));
+    }
+    let fix = "fix that, or start hephy-server with --unsafe-no-build-sandbox if everyone who can push may run code as root on this machine";
+    let sandbox = Sandbox::new(policy, data.join("build-scratch"))
+        .map_err(|e| format!("cannot set up the build sandbox: {e}; {fix}"))?;
+    sandbox
+        .trial()
+        .await
+        .map_err(|e| format!("cannot set up the build sandbox: {e}; {fix}"))?;
+    let p = sandbox.policy();
+    let limit = |v: Option<u64>, unit: &str| match v {
+        Some(v) => format!("{v}{unit}"),
+        None => "unlimited".to_owned(),
+    };
+    eprintln!(
+        "hephy-server: builds run sandboxed as uid {}: network {}, memory {}, processes {}, cpus {}",
+        p.uid,
+        if p.network { "on" } else { "off" },
+        limit(p.memory_bytes.map(|b| b >> 20), " MiB"),
+        limit(p.pids, ""),
+        p.cpus
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "all".to_owned()),
+    );
+    Ok(BuildEnv::sandboxed(sandbox, cache))
+}
+
+/// Parses a size like `4G`, `512M` or `1073741824` (bytes); `0` is no limit. For the
+/// `--build-memory` flag.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "ki" | "kib" => 1 << 10,
+        "m" | "mb" | "mi" | "mib" => 1 << 20,
+        "g" | "gb" | "gi" | "gib" => 1 << 30,
+        "t" | "tb" | "ti" | "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: write bytes with an optional K, M, G or T suffix, like 4G"
+            ))
+        }
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            format!("invalid size {s:?}: write bytes with an optional K, M, G or T suffix, like 4G")
+        })
 }

@@ -38,13 +38,52 @@
 //! assert!(ledger.record(&release).is_err(), "releases are immutable");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Cargo features
+//!
+//! Each deployer is a feature, all on by default; an embedder who needs one turns the others
+//! off (`default-features = false, features = ["local"]`) and compiles none of their
+//! dependencies:
+//! - `local`: [`local`], [`unpack`], [`runc`] and [`router`] (no kube, k8s-openapi or gix);
+//! - `kubernetes`: [`kubernetes`] and [`manifests`] (kube's client with rustls);
+//! - `gitops`: [`gitops`] and [`manifests`] (gix, kube's types without its client).
+//!
+//! The [`ledger`] is always there.
+//!
+//! # Public dependencies
+//!
+//! Foreign types in this crate's API come from crates re-exported here, so an embedder uses the
+//! same versions without naming them in its own `Cargo.toml`: [`kube`] (5.0: the `Client` of
+//! [`kubernetes::KubernetesDeployer`], the `DynamicObject` of [`manifests`]), [`k8s_openapi`]
+//! (0.29: the objects [`manifests`] renders) and [`oci_spec`] (0.10 with `image` and
+//! `runtime`: the image configuration of [`unpack`] and the runtime spec of [`runc`]).
 #![deny(missing_docs)]
 
+#[cfg(feature = "gitops")]
 pub mod gitops;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod ledger;
+#[cfg(feature = "local")]
 pub mod local;
+#[cfg(any(feature = "kubernetes", feature = "gitops"))]
 pub mod manifests;
+#[cfg(feature = "local")]
 pub mod router;
+#[cfg(feature = "local")]
 pub mod runc;
+#[cfg(feature = "local")]
 pub mod unpack;
+
+/// The kube version of [`kubernetes`] and [`manifests`] (5.0). With only `gitops` on, its
+/// types without the client.
+#[cfg(any(feature = "kubernetes", feature = "gitops"))]
+pub use kube;
+
+/// The k8s-openapi version of [`manifests`] (0.29, with the `latest` Kubernetes API).
+#[cfg(any(feature = "kubernetes", feature = "gitops"))]
+pub use k8s_openapi;
+
+/// The oci-spec version of [`unpack`] and [`runc`] (0.10, with `image` and `runtime`).
+#[cfg(feature = "local")]
+pub use oci_spec;

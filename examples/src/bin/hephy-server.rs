@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use hephy_api::server as api;
+use hephy_backends::sandbox::SandboxPolicy;
 use hephy_core::{Deployer, Events, Pipeline, Publisher};
 use hephy_examples::{publisher, runtime};
 use hephy_git::auth::Accounts;
@@ -66,6 +67,31 @@ struct Args {
     /// The largest push accepted, in bytes.
     #[arg(long, env = "HEPHY_MAX_PUSH_BYTES", default_value_t = 2 << 30)]
     max_push_bytes: u64,
+    /// The memory limit of one build (`4G`, `512M`; `0`: none).
+    #[arg(long, env = "HEPHY_BUILD_MEMORY", default_value = "4G", value_parser = runtime::parse_size)]
+    build_memory: u64,
+    /// The process and thread limit of one build (`0`: none).
+    #[arg(long, env = "HEPHY_BUILD_PIDS", default_value_t = 1024)]
+    build_pids: u64,
+    /// How many CPUs one build may use, like `1.5` (default: all).
+    #[arg(long, env = "HEPHY_BUILD_CPUS")]
+    build_cpus: Option<f64>,
+    /// Whether builds may download dependencies (they never reach this server's own loopback);
+    /// an app's `[build] network = false` turns it off for that app.
+    #[arg(long, env = "HEPHY_BUILD_NETWORK", value_enum, default_value_t = OnOff::On)]
+    build_network: OnOff,
+    /// Run build tools without the sandbox, as root, seeing the whole server: only where
+    /// everyone who can push may run code as root on this machine.
+    #[arg(long)]
+    unsafe_no_build_sandbox: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    /// Allowed.
+    On,
+    /// Not allowed.
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,6 +134,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = std::fs::canonicalize(&args.data_dir)?;
     let accounts = Accounts::open(&data)?;
     let admin_token = runtime::bootstrap_admin(&accounts, &data)?;
+    // Before anything serves: a server that cannot confine builds does not start.
+    let policy = SandboxPolicy::default()
+        .with_memory((args.build_memory > 0).then_some(args.build_memory))
+        .with_pids((args.build_pids > 0).then_some(args.build_pids))
+        .with_cpus(args.build_cpus)
+        .with_network(args.build_network == OnOff::On);
+    let build_env = runtime::build_env(&data, policy, args.unsafe_no_build_sandbox).await?;
 
     let log = Events::from_fn(|e| eprintln!("{}", e.render()));
     let images = data.join("images");
@@ -152,7 +185,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut pipeline = Pipeline::builder()
         .source(Arc::new(GitSource::new(&data)))
         .publisher(publisher);
-    for b in hephy_backends::default_backends() {
+    for b in hephy_backends::default_backends(&build_env) {
         pipeline = pipeline.backend(b);
     }
     if let Some(d) = &deployer {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hephy_backends::GoBackend;
+use hephy_backends::{BuildEnv, GoBackend};
 use hephy_core::{
     AppConfig, AppName, BuildContext, DeployConfig, Events, Job, NewRelease, Pipeline, Reference,
     ReleaseCause,
@@ -75,7 +75,10 @@ pub async fn publish_with(
         &format!("[build]\nbackend = \"go\"\n[build.go]\nldflags = \"{ldflags}\"\n"),
     )?;
     let pipeline = Pipeline::builder()
-        .backend(Arc::new(GoBackend::new()))
+        // The fixture is this repository's own code: no sandbox needed to build it.
+        .backend(Arc::new(GoBackend::new(BuildEnv::unconfined(
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("build-cache"),
+        ))))
         .publisher(publisher)
         .build()?;
     let job = Job::context(
