@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(git openssh-client openssh-server docker-registry skopeo umoci runc golang-go
       qemu-user-static buildah busybox-static curl ca-certificates pkg-config iproute2
-      passt uidmap)
+      passt uidmap bubblewrap)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
