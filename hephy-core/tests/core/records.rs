@@ -165,7 +165,7 @@ fn hephy_toml_still_refuses_what_a_stored_release_keeps() -> Result {
     assert_eq!(
         err,
         Err(format!(
-            "hephy.toml:2:1: unknown field `{key}`, expected `memory` or `cpus`"
+            "hephy.toml:2:1: unknown field `{key}`, expected one of `memory`, `cpus`, `pids`"
         ))
     );
     Ok(())
