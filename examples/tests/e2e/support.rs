@@ -29,6 +29,11 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables for the server process.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        use std::os::unix::fs::PermissionsExt;
+
+        // Apps run as unprivileged host users, who must pass through to the data directory.
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))?;
         let data = dir.join("data");
         let (http, ssh) = (free_addr()?, free_addr()?);
         let log = dir.join("server.log");
