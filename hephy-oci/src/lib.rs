@@ -44,6 +44,9 @@ pub mod registry;
 /// public API (`Descriptor`, `ImageManifest`, `ImageConfiguration`, `ImageIndex`): use it through
 /// this re-export so the versions always match.
 pub use oci_spec;
+/// The [secrecy](https://docs.rs/secrecy/0.10) crate (0.10) that wraps the passwords and tokens of
+/// [`registry::RegistryAuth`]: use it through this re-export so the versions always match.
+pub use secrecy;
 
 pub use publish_layout::{OciLayoutPublisher, LOCAL_REGISTRY};
 pub use registry::{pull_to_layout, RegistryAuth, RegistryOptions, RegistryPublisher};

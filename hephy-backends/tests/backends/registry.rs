@@ -659,7 +659,7 @@ async fn bearer_tokens_from_a_token_service() -> Result {
     let pulled = OciLayout::create(tmp.path().join("pulled"))?;
     let reference = registry.reference("apps/site", "v1")?;
     let digest = options(&registry)
-        .auth(RegistryAuth::Bearer(token.to_owned()))
+        .auth(RegistryAuth::bearer(token))
         .pull_to_layout(&reference, None, &pulled)
         .await?;
     assert_eq!(digest, published.digest);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// How to authenticate to a registry.
@@ -14,7 +15,16 @@ use serde::Deserialize;
 /// Basic credentials also work with registries that use a token service (Docker Hub, Harbor,
 /// GitLab): they are exchanged for a bearer token as the registry's `WWW-Authenticate` challenge
 /// asks.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// Passwords and tokens are [`SecretString`]s: `Debug` shows `[redacted]` in their place, and
+/// their memory is zeroed when dropped.
+///
+/// ```
+/// use hephy_oci::registry::RegistryAuth;
+/// let auth = RegistryAuth::basic("ci", "s3cret");
+/// assert_eq!(format!("{auth:?}"), r#"Basic { username: "ci", password: "[redacted]" }"#);
+/// ```
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum RegistryAuth {
     /// No credentials.
@@ -24,10 +34,10 @@ pub enum RegistryAuth {
         /// The user name.
         username: String,
         /// The password or token.
-        password: String,
+        password: SecretString,
     },
     /// A bearer token sent as it is.
-    Bearer(String),
+    Bearer(SecretString),
     /// The credentials `docker login` stored for the registry in Docker's `config.json`
     /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`), anonymous when there are
     /// none.
@@ -43,21 +53,52 @@ impl fmt::Debug for RegistryAuth {
             RegistryAuth::Basic { username, .. } => f
                 .debug_struct("Basic")
                 .field("username", username)
-                .field("password", &"<redacted>")
+                .field("password", &REDACTED)
                 .finish(),
-            RegistryAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            RegistryAuth::Bearer(_) => f.write_str("Bearer([redacted])"),
             RegistryAuth::DockerConfig => f.write_str("DockerConfig"),
         }
     }
 }
 
+/// What `Debug` shows in place of a secret.
+const REDACTED: &str = "[redacted]";
+
+impl PartialEq for RegistryAuth {
+    fn eq(&self, other: &Self) -> bool {
+        use RegistryAuth::*;
+        match (self, other) {
+            (Anonymous, Anonymous) | (DockerConfig, DockerConfig) => true,
+            (
+                Basic {
+                    username: u1,
+                    password: p1,
+                },
+                Basic {
+                    username: u2,
+                    password: p2,
+                },
+            ) => u1 == u2 && p1.expose_secret() == p2.expose_secret(),
+            (Bearer(a), Bearer(b)) => a.expose_secret() == b.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RegistryAuth {}
+
 impl RegistryAuth {
     /// Basic credentials.
-    pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn basic(username: impl Into<String>, password: impl Into<SecretString>) -> Self {
         RegistryAuth::Basic {
             username: username.into(),
             password: password.into(),
         }
+    }
+
+    /// A bearer token.
+    pub fn bearer(token: impl Into<SecretString>) -> Self {
+        RegistryAuth::Bearer(token.into())
     }
 
     /// What to send to `registry`: Docker config credentials are looked up here.
@@ -65,13 +106,16 @@ impl RegistryAuth {
         use oci_client::secrets::RegistryAuth as Oci;
         Ok(match self {
             RegistryAuth::Anonymous => Oci::Anonymous,
+            // oci-client holds credentials as plain strings; they go to it only for a request.
             RegistryAuth::Basic { username, password } => {
-                Oci::Basic(username.clone(), password.clone())
+                Oci::Basic(username.clone(), password.expose_secret().to_owned())
             }
-            RegistryAuth::Bearer(token) => Oci::Bearer(token.clone()),
+            RegistryAuth::Bearer(token) => Oci::Bearer(token.expose_secret().to_owned()),
             RegistryAuth::DockerConfig => match DockerConfig::load()? {
                 Some(config) => match config.credentials(registry)? {
-                    Some(Credentials { username, password }) => Oci::Basic(username, password),
+                    Some(Credentials { username, password }) => {
+                        Oci::Basic(username, password.expose_secret().to_owned())
+                    }
                     None => Oci::Anonymous,
                 },
                 None => Oci::Anonymous,
@@ -123,24 +167,33 @@ pub enum AuthError {
     },
 }
 
-/// A user name and password for a registry.
-#[derive(Clone, PartialEq, Eq)]
+/// A user name and password for a registry; `Debug` shows `[redacted]` for the password.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Credentials {
     /// The user name.
     pub username: String,
     /// The password or token.
-    pub password: String,
+    pub password: SecretString,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("username", &self.username)
-            .field("password", &"<redacted>")
+            .field("password", &REDACTED)
             .finish()
     }
 }
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        self.username == other.username
+            && self.password.expose_secret() == other.password.expose_secret()
+    }
+}
+
+impl Eq for Credentials {}
 
 /// Docker's `config.json`: the `auths` that `docker login` writes, and credential helpers.
 #[derive(Debug, Clone, Default)]
@@ -162,11 +215,11 @@ struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 struct AuthEntry {
     #[serde(default)]
-    auth: Option<String>,
+    auth: Option<SecretString>,
     #[serde(default)]
     username: Option<String>,
     #[serde(default)]
-    password: Option<String>,
+    password: Option<SecretString>,
 }
 
 #[derive(Deserialize)]
@@ -174,7 +227,7 @@ struct HelperReply {
     #[serde(rename = "Username")]
     username: String,
     #[serde(rename = "Secret")]
-    secret: String,
+    secret: SecretString,
 }
 
 impl DockerConfig {
@@ -221,7 +274,12 @@ impl DockerConfig {
             if !keys.contains(&normalize_key(key)) {
                 continue;
             }
-            if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            if let Some(auth) = entry
+                .auth
+                .as_ref()
+                .map(|a| a.expose_secret())
+                .filter(|a| !a.is_empty())
+            {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(auth.trim())
                     .map_err(|e| self.invalid(format!("auths.{key}.auth is not base64: {e}")))?;
@@ -232,7 +290,7 @@ impl DockerConfig {
                 };
                 return Ok(Some(Credentials {
                     username: username.to_owned(),
-                    password: password.to_owned(),
+                    password: password.into(),
                 }));
             }
             if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
@@ -343,12 +401,54 @@ mod tests {
         let config = DockerConfig::from_path(&path)?;
         let hub = config.credentials("docker.io")?;
         assert_eq!(
-            hub.map(|c| (c.username, c.password)),
+            hub.map(|c| (c.username, c.password.expose_secret().to_owned())),
             Some(("hub".into(), "secret".into()))
         );
         let other = config.credentials("registry.example:5000")?;
         assert_eq!(other.map(|c| c.username), Some("ci".into()));
         assert!(config.credentials("elsewhere.example")?.is_none());
+        std::fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn debug_never_shows_a_password_or_token() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile_dir()?.join("debug");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("config.json");
+        // "aHViOnMzY3JldC1hdXRo" is base64 of "hub:s3cret-auth".
+        std::fs::write(
+            &path,
+            r#"{"auths": {
+                "docker.io": {"auth": "aHViOnMzY3JldC1hdXRo"},
+                "registry.example": {"username": "ci", "password": "s3cret-plain"}
+            }}"#,
+        )?;
+        let config = DockerConfig::from_path(&path)?;
+        let creds = config.credentials("docker.io")?.ok_or("no credentials")?;
+        let options =
+            crate::registry::RegistryOptions::new().auth(RegistryAuth::basic("ci", "s3cret-basic"));
+        let shown = [
+            format!("{:?}", RegistryAuth::basic("ci", "s3cret-basic")),
+            format!("{:?}", RegistryAuth::bearer("s3cret-bearer")),
+            format!("{creds:?}"),
+            format!("{config:?}"),
+            format!("{options:?}"),
+        ];
+        for text in &shown {
+            assert!(!text.contains("s3cret"), "a secret in {text}");
+            assert!(
+                !text.contains("aHViOnMzY3JldC1hdXRo"),
+                "an encoded secret in {text}"
+            );
+        }
+        assert_eq!(
+            shown[0],
+            r#"Basic { username: "ci", password: "[redacted]" }"#
+        );
+        assert_eq!(shown[1], "Bearer([redacted])");
+        assert!(shown[4].contains("[redacted]"), "{}", shown[4]);
+        assert_eq!(creds.password.expose_secret(), "s3cret-auth");
         std::fs::remove_dir_all(dir)?;
         Ok(())
     }

@@ -26,7 +26,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
 pub use auth::{AuthError, Credentials, DockerConfig, RegistryAuth};
-pub use pull::{pull_to_layout, PullError};
+pub use pull::{pull_to_layout, PullError, MAX_MANIFEST_BYTES};
 pub use push::{PushStats, RegistryPublisher, RegistryPublisherBuilder};
 
 /// How many blobs move at once by default.

@@ -7,8 +7,9 @@ use hephy_core::{BoxError, Digest, Platform, Reference};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::RegistryOperation;
-use oci_spec::image::{Descriptor, MediaType};
-use serde_json::Value;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use super::{
     chain, is_index_media_type, is_transient, is_unauthorized, is_unreachable, oci_reference,
@@ -121,6 +122,55 @@ struct Puller {
     target: oci_client::Reference,
 }
 
+/// The most a manifest or index may weigh. Registries refuse larger ones on push (distribution's
+/// limit is 4 MiB), so a larger one is not an image but a registry sending something else.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// A manifest as the registry sent it: an index (OCI index or Docker manifest list) or one
+/// image's manifest (OCI or Docker v2 schema 2, whose JSON has the same shape).
+#[derive(Debug)]
+enum Document {
+    Index(ImageIndex),
+    Image(ImageManifest),
+}
+
+/// Reads a manifest or index with oci-spec's types; the media type is the document's own
+/// `mediaType`, or, where it has none (allowed by OCI), told by the presence of `manifests`.
+fn parse_document(bytes: &[u8]) -> Result<(Document, String), String> {
+    // Only the fields that tell the kind; the rest is read by oci-spec below.
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<IgnoredAny>,
+    }
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "the manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+            bytes.len()
+        ));
+    }
+    let kind: Kind =
+        serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not JSON: {e}"))?;
+    let media_type = match kind.media_type {
+        Some(m) => m,
+        None if kind.manifests.is_some() => MediaType::ImageIndex.to_string(),
+        None => MediaType::ImageManifest.to_string(),
+    };
+    let document = if is_index_media_type(&media_type) {
+        Document::Index(
+            serde_json::from_slice(bytes)
+                .map_err(|e| format!("the index ({media_type}) is not valid: {e}"))?,
+        )
+    } else {
+        Document::Image(
+            serde_json::from_slice(bytes)
+                .map_err(|e| format!("the manifest ({media_type}) is not valid: {e}"))?,
+        )
+    };
+    Ok((document, media_type))
+}
+
 /// Why fetching one blob failed.
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -215,52 +265,46 @@ impl Puller {
             .map_err(|e| self.error("sign in", e))?;
 
         let (bytes, digest) = self.manifest(&self.target, &auth).await?;
-        let (value, media_type) = self.parse_manifest(&bytes)?;
-        let (top_bytes, top_digest, top_media, top_platform) =
-            match (is_index_media_type(&media_type), platform) {
-                (true, Some(platform)) => {
-                    let entry = self.choose(&value, platform)?;
-                    let target = self.target.clone_with_digest(entry.0.to_string());
-                    let (bytes, digest) = self.manifest(&target, &auth).await?;
-                    if digest != entry.0 {
-                        return Err(self.invalid(format!(
-                            "the index lists {} for {platform} but the registry sent {digest}",
-                            entry.0
-                        )));
+        let (document, media_type) = self.parse_manifest(&bytes)?;
+        let (top_bytes, top_digest, top_media, top_platform) = match (document, platform) {
+            (Document::Index(index), Some(platform)) => {
+                let entry = self.choose(&index, platform)?;
+                let target = self.target.clone_with_digest(entry.0.to_string());
+                let (bytes, digest) = self.manifest(&target, &auth).await?;
+                if digest != entry.0 {
+                    return Err(self.invalid(format!(
+                        "the index lists {} for {platform} but the registry sent {digest}",
+                        entry.0
+                    )));
+                }
+                let (Document::Image(manifest), media_type) = self.parse_manifest(&bytes)? else {
+                    return Err(self.invalid("nested indexes are not supported"));
+                };
+                self.pull_image(&manifest, layout).await?;
+                (bytes, digest, media_type, Some(entry.1))
+            }
+            (Document::Index(index), None) => {
+                for m in index.manifests() {
+                    let d = self.digest_of(m)?;
+                    let target = self.target.clone_with_digest(d.to_string());
+                    let (bytes, got) = self.manifest(&target, &auth).await?;
+                    if got != d {
+                        return Err(self
+                            .invalid(format!("the index lists {d} but the registry sent {got}")));
                     }
-                    let (value, media_type) = self.parse_manifest(&bytes)?;
-                    self.pull_image(&value, layout).await?;
-                    (bytes, digest, media_type, Some(entry.1))
+                    let Document::Image(child) = self.parse_manifest(&bytes)?.0 else {
+                        return Err(self.invalid("nested indexes are not supported"));
+                    };
+                    self.pull_image(&child, layout).await?;
+                    self.write_manifest(layout, &bytes, &d)?;
                 }
-                (true, None) => {
-                    for m in value
-                        .get("manifests")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        let d = self.digest_of(m)?;
-                        let target = self.target.clone_with_digest(d.to_string());
-                        let (bytes, got) = self.manifest(&target, &auth).await?;
-                        if got != d {
-                            return Err(self.invalid(format!(
-                                "the index lists {d} but the registry sent {got}"
-                            )));
-                        }
-                        let (child, child_media) = self.parse_manifest(&bytes)?;
-                        if is_index_media_type(&child_media) {
-                            return Err(self.invalid("nested indexes are not supported"));
-                        }
-                        self.pull_image(&child, layout).await?;
-                        self.write_manifest(layout, &bytes, &d)?;
-                    }
-                    (bytes.to_vec(), digest, media_type, None)
-                }
-                (false, _) => {
-                    self.pull_image(&value, layout).await?;
-                    (bytes.to_vec(), digest, media_type, None)
-                }
-            };
+                (bytes.to_vec(), digest, media_type, None)
+            }
+            (Document::Image(manifest), _) => {
+                self.pull_image(&manifest, layout).await?;
+                (bytes.to_vec(), digest, media_type, None)
+            }
+        };
         self.write_manifest(layout, &top_bytes, &top_digest)?;
         let mut descriptor = Descriptor::new(
             MediaType::from(top_media.as_str()),
@@ -293,46 +337,28 @@ impl Puller {
         Ok((bytes.to_vec(), digest))
     }
 
-    fn parse_manifest(&self, bytes: &[u8]) -> Result<(Value, String), PullError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| self.invalid(format!("the manifest is not JSON: {e}")))?;
-        let media_type = match value.get("mediaType").and_then(Value::as_str) {
-            Some(m) => m.to_owned(),
-            None if value.get("manifests").is_some() => {
-                "application/vnd.oci.image.index.v1+json".to_owned()
-            }
-            None => "application/vnd.oci.image.manifest.v1+json".to_owned(),
-        };
-        Ok((value, media_type))
+    fn parse_manifest(&self, bytes: &[u8]) -> Result<(Document, String), PullError> {
+        parse_document(bytes).map_err(|problem| self.invalid(problem))
     }
 
-    fn digest_of(&self, descriptor: &Value) -> Result<Digest, PullError> {
-        let text = descriptor
-            .get("digest")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    fn digest_of(&self, descriptor: &Descriptor) -> Result<Digest, PullError> {
+        let text = descriptor.digest().to_string();
         text.parse()
             .map_err(|e| self.invalid(format!("bad digest {text:?}: {e}")))
     }
 
     /// The entry of an index for `platform`.
-    fn choose(&self, index: &Value, platform: &Platform) -> Result<(Digest, Platform), PullError> {
+    fn choose(
+        &self,
+        index: &ImageIndex,
+        platform: &Platform,
+    ) -> Result<(Digest, Platform), PullError> {
         let mut available = Vec::new();
-        for m in index
-            .get("manifests")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let Some(p) = m.get("platform") else { continue };
-            let os = p.get("os").and_then(Value::as_str).unwrap_or_default();
-            let arch = p
-                .get("architecture")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let text = match p.get("variant").and_then(Value::as_str) {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
+        for m in index.manifests() {
+            let Some(p) = m.platform() else { continue };
+            let text = match p.variant() {
+                Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+                None => format!("{}/{}", p.os(), p.architecture()),
             };
             match text.parse::<Platform>() {
                 Ok(found) if found.matches(platform) => return Ok((self.digest_of(m)?, found)),
@@ -351,30 +377,17 @@ impl Puller {
     }
 
     /// Fetches an image manifest's config and layers, several at once.
-    async fn pull_image(&self, manifest: &Value, layout: &OciLayout) -> Result<(), PullError> {
-        let mut blobs = Vec::new();
-        if let Some(c) = manifest.get("config") {
-            blobs.push(c);
-        }
-        blobs.extend(
-            manifest
-                .get("layers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten(),
-        );
-        if blobs.is_empty() {
-            return Err(self.invalid("the manifest has no config and no layers"));
-        }
+    async fn pull_image(
+        &self,
+        manifest: &ImageManifest,
+        layout: &OciLayout,
+    ) -> Result<(), PullError> {
+        let blobs = std::iter::once(manifest.config()).chain(manifest.layers());
         let mut wanted = Vec::new();
         for b in blobs {
             let digest = self.digest_of(b)?;
-            let size = b.get("size").and_then(Value::as_u64).unwrap_or(0);
-            let media_type = b
-                .get("mediaType")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
+            let size = b.size();
+            let media_type = b.media_type().to_string();
             if !layout.has_blob(&digest) && !wanted.iter().any(|(d, _, _)| d == &digest) {
                 wanted.push((digest, size, media_type));
             }
@@ -493,5 +506,92 @@ impl Puller {
             return Err(self.invalid(format!("manifest {expected} hashes to {digest}")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn docker_v2_schema_2_manifests_and_lists_parse() -> TestResult {
+        let manifest = format!(
+            r#"{{"schemaVersion": 2,
+              "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+              "config": {{"mediaType": "application/vnd.docker.container.image.v1+json",
+                          "size": 7023, "digest": "{D1}"}},
+              "layers": [{{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                           "size": 32654, "digest": "{D2}"}}]}}"#
+        );
+        let (Document::Image(m), media_type) = parse_document(manifest.as_bytes())? else {
+            return Err("a Docker manifest read as an index".into());
+        };
+        assert_eq!(
+            media_type,
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(m.config().digest().to_string(), D1);
+        assert_eq!(
+            m.layers()[0].media_type().to_string(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        );
+        assert_eq!(m.layers()[0].size(), 32654);
+
+        let list = format!(
+            r#"{{"schemaVersion": 2,
+              "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+              "manifests": [{{"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                              "size": 7143, "digest": "{D1}",
+                              "platform": {{"architecture": "arm", "os": "linux",
+                                            "variant": "v7", "os.features": ["sse4"]}}}}]}}"#
+        );
+        let (Document::Index(i), media_type) = parse_document(list.as_bytes())? else {
+            return Err("a Docker manifest list read as a manifest".into());
+        };
+        assert!(is_index_media_type(&media_type), "{media_type}");
+        let platform = i.manifests()[0].platform().as_ref().ok_or("no platform")?;
+        assert_eq!(platform.architecture().to_string(), "arm");
+        assert_eq!(platform.variant().as_deref(), Some("v7"));
+        Ok(())
+    }
+
+    #[test]
+    fn oci_documents_without_a_media_type_are_told_apart_by_their_fields() -> TestResult {
+        let index = format!(
+            r#"{{"schemaVersion": 2, "manifests": [{{"mediaType":
+                "application/vnd.oci.image.manifest.v1+json", "size": 1, "digest": "{D1}"}}]}}"#
+        );
+        let (doc, media_type) = parse_document(index.as_bytes())?;
+        assert!(matches!(doc, Document::Index(_)), "{doc:?}");
+        assert_eq!(media_type, "application/vnd.oci.image.index.v1+json");
+        let manifest = format!(
+            r#"{{"schemaVersion": 2, "config": {{"mediaType":
+                "application/vnd.oci.image.config.v1+json", "size": 2, "digest": "{D1}"}},
+                "layers": []}}"#
+        );
+        let (doc, media_type) = parse_document(manifest.as_bytes())?;
+        assert!(matches!(doc, Document::Image(_)), "{doc:?}");
+        assert_eq!(media_type, "application/vnd.oci.image.manifest.v1+json");
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_and_oversized_manifests_are_refused_with_the_reason() {
+        let no_config = br#"{"schemaVersion": 2, "layers": []}"#;
+        let err = parse_document(no_config).err().unwrap_or_default();
+        assert!(
+            err.contains("is not valid") && err.contains("config"),
+            "{err}"
+        );
+        let err = parse_document(b"[1, 2]").err().unwrap_or_default();
+        assert!(err.contains("not JSON"), "{err}");
+        let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        let err = parse_document(&big).err().unwrap_or_default();
+        assert!(err.contains("the limit is 4194304"), "{err}");
     }
 }
