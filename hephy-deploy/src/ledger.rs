@@ -8,16 +8,20 @@
 //! <root>/<app>/<name>.json         state documents (router port, live release, ...)
 //! ```
 //!
-//! Every file is written with [`write_atomic`]: to a temporary file in the same directory,
-//! fsynced, renamed over the target, then the directory is fsynced. A crash leaves either the
-//! old or the new content, never a torn file; leftover temporary files start with `.` and are
-//! ignored.
+//! Every file is written with [`hephy_core::fs::write_atomic`]: to a temporary file in the same
+//! directory, fsynced, renamed over the target, then the directory is fsynced. A crash leaves
+//! either the old or the new content, never a torn file; leftover temporary files start with `.`
+//! and are ignored.
+//!
+//! Releases hold config vars, which are often secrets, so every file is created 0600 and every
+//! directory the ledger creates 0700 ([`FileMode::Private`]), from the first byte on.
 
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use hephy_core::fs::{create_atomic, create_dir_all, sync_dir, write_atomic, FileMode};
 use hephy_core::{AppName, DeployError, Release, ReleaseVersion};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -89,41 +93,6 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new content.
-///
-/// The data goes to a temporary file beside `path` (named `.NAME.tmp-PID-N`), which is fsynced,
-/// renamed over `path`, and then the directory is fsynced so the rename itself is durable.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dir = dir.unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Fsyncs a directory so that renames and new entries in it survive a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[derive(Serialize, Deserialize)]
 struct AppRecord {
     name: AppName,
@@ -171,7 +140,7 @@ impl Ledger {
     /// Opens (creating it if needed) the ledger in `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Ledger, LedgerError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        create_dir_all(&root, FileMode::Private).map_err(io_err("create", &root))?;
         Ok(Ledger { root })
     }
 
@@ -208,7 +177,7 @@ impl Ledger {
             return Err(LedgerError::AppExists { app: app.clone() });
         }
         let releases = self.releases_dir(app);
-        std::fs::create_dir_all(&releases).map_err(io_err("create", &releases))?;
+        create_dir_all(&releases, FileMode::Private).map_err(io_err("create", &releases))?;
         sync_dir(&self.root).map_err(io_err("sync", &self.root))?;
         let record = AppRecord {
             name: app.clone(),
@@ -297,13 +266,18 @@ impl Ledger {
         let path = self
             .releases_dir(&release.app)
             .join(format!("{}.json", release.version));
+        let exists = || LedgerError::ReleaseExists {
+            app: release.app.clone(),
+            version: release.version,
+        };
         if path.exists() {
-            return Err(LedgerError::ReleaseExists {
-                app: release.app.clone(),
-                version: release.version,
-            });
+            return Err(exists());
         }
-        self.write_path(&path, release)
+        // Made once, never replaced, even by a second writer racing this one.
+        match create_atomic(&path, &to_json(&path, release)?, FileMode::Private) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
+            other => other.map_err(io_err("write", &path)),
+        }
     }
 
     /// Reads the state document `name` of `app`; `None` if it was never written.
@@ -343,14 +317,17 @@ impl Ledger {
     }
 
     fn write_path<T: Serialize + ?Sized>(&self, path: &Path, value: &T) -> Result<(), LedgerError> {
-        let mut bytes =
-            serde_json::to_vec_pretty(value).map_err(|source| LedgerError::Corrupt {
-                path: path.to_owned(),
-                source,
-            })?;
-        bytes.push(b'\n');
-        write_atomic(path, &bytes).map_err(io_err("write", path))
+        write_atomic(path, &to_json(path, value)?, FileMode::Private).map_err(io_err("write", path))
     }
+}
+
+fn to_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<Vec<u8>, LedgerError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| LedgerError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, LedgerError> {

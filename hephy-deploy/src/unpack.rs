@@ -18,7 +18,7 @@ use hephy_core::{Digest, Platform};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use crate::ledger::sync_dir;
+use hephy_core::fs::sync_dir;
 
 /// The error returned by [`resolve`], [`unpack_rootfs`] and [`apply_layer`].
 #[derive(Debug, thiserror::Error)]

@@ -83,8 +83,13 @@ impl LocalDeployer {
         })?;
         let config_json = serde_json::to_vec_pretty(&spec.spec)
             .map_err(|e| other("cannot write the runtime spec", e))?;
-        crate::ledger::write_atomic(&bundle.join("config.json"), &config_json)
-            .map_err(|e| other(format!("cannot write {}", bundle.display()), e))?;
+        // The spec carries the config vars in the process's environment: owner-only.
+        hephy_core::fs::write_atomic(
+            &bundle.join("config.json"),
+            &config_json,
+            hephy_core::fs::FileMode::Private,
+        )
+        .map_err(|e| other(format!("cannot write {}", bundle.display()), e))?;
 
         events.log(format!(
             "starting {} as container {id} (host uids {}+, port {app_port} forwarded from 127.0.0.1:{host_port}{})",

@@ -588,3 +588,49 @@ impl Deployer for LocalDeployer {
         Ok(self.inner.ledger.releases(app)?)
     }
 }
+
+#[cfg(test)]
+mod stored_tests {
+    //! The state documents of the committed ledger fixtures (tests/deploy/fixtures) read with
+    //! this version's types: an older binary reads a newer ledger's documents.
+    use super::{Live, RouterState};
+    use crate::runc::IdRange;
+
+    type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    macro_rules! fixture {
+        ($ledger:literal, $doc:literal) => {
+            include_str!(concat!(
+                "../../tests/deploy/fixtures/",
+                $ledger,
+                "/hello/",
+                $doc,
+                ".json"
+            ))
+        };
+    }
+
+    #[test]
+    fn state_documents_of_0_1_and_of_a_newer_version_read() -> Result {
+        for (live, router, ids) in [
+            (
+                fixture!("ledger-0.1", "live"),
+                fixture!("ledger-0.1", "router"),
+                fixture!("ledger-0.1", "ids"),
+            ),
+            (
+                fixture!("ledger-from-a-newer-version", "live"),
+                fixture!("ledger-from-a-newer-version", "router"),
+                fixture!("ledger-from-a-newer-version", "ids"),
+            ),
+        ] {
+            let live: Live = serde_json::from_str(live)?;
+            assert_eq!((live.version.to_string(), live.port), ("v2".into(), 40001));
+            let router: RouterState = serde_json::from_str(router)?;
+            assert_eq!(router.port, 40000);
+            let ids: IdRange = serde_json::from_str(ids)?;
+            assert_eq!((ids.host_first, ids.size), (1_000_000_000, 65536));
+        }
+        Ok(())
+    }
+}
