@@ -4,8 +4,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use hephy_core::fs::{create_dir_all, write_atomic, FileMode};
 use hephy_core::AppName;
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The message for commands that need a server when none is known.
 pub const NOT_LOGGED_IN: &str =
@@ -46,17 +48,41 @@ pub fn split_colon_alias(args: impl IntoIterator<Item = OsString>) -> Vec<OsStri
     out
 }
 
-/// Saved client settings (`hephy login`), in `$XDG_CONFIG_HOME/hephy/client.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Reads a token or password from a flag or the environment into a [`SecretString`], so `Debug`
+/// of the parsed arguments shows it redacted (a clap `value_parser`).
+pub fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
+/// Saved client settings (`hephy login`), in `$XDG_CONFIG_HOME/hephy/client.json`, a file only
+/// the user may read (0600, in a 0700 directory when hephy creates it).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Settings {
     /// The server.
     pub url: Option<String>,
     /// The token.
-    pub token: Option<String>,
+    #[serde(serialize_with = "expose")]
+    pub token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// Writes the token itself: the settings file is where it is kept.
+fn expose<S: Serializer>(token: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    token.as_ref().map(|t| t.expose_secret()).serialize(s)
 }
 
 impl Settings {
-    fn path() -> Option<PathBuf> {
+    /// Where the settings are kept: `$XDG_CONFIG_HOME/hephy/client.json`, else
+    /// `$HOME/.config/hephy/client.json`.
+    pub fn path() -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
@@ -71,27 +97,25 @@ impl Settings {
             .unwrap_or_default()
     }
 
-    /// Saves the settings, readable only by the user.
+    /// Saves the settings, readable only by the user from the first byte (0600; the
+    /// directories hephy creates for it are 0700).
     pub fn save(&self) -> std::io::Result<()> {
         let path = Self::path().ok_or_else(|| {
             std::io::Error::other(
                 "neither XDG_CONFIG_HOME nor HOME is set, so settings cannot be saved",
             )
         })?;
+        self.save_to(&path)
+    }
+
+    /// [`Settings::save`] to `path` instead of the usual place.
+    pub fn save_to(&self, path: &std::path::Path) -> std::io::Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            create_dir_all(dir, FileMode::Private)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
-        )?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        }
-        std::fs::rename(tmp, path)
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        write_atomic(path, &bytes, FileMode::Private)
     }
 }
 
@@ -216,5 +240,55 @@ impl Style {
         } else {
             line.to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn saved_settings_are_owner_only_and_debug_hides_the_token() -> Result {
+        let tmp = tempfile::tempdir()?;
+        let path = tmp.path().join("config/hephy/client.json");
+        let settings = Settings {
+            url: Some("http://127.0.0.1:7080".into()),
+            token: Some("hephy_s3cret".into()),
+        };
+        settings.save_to(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| -> std::io::Result<u32> {
+                Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+            };
+            assert_eq!(mode(&path)?, 0o600, "the settings file");
+            assert_eq!(
+                mode(&tmp.path().join("config"))?,
+                0o700,
+                "created directories"
+            );
+            assert_eq!(mode(&tmp.path().join("config/hephy"))?, 0o700);
+        }
+        let read: Settings = serde_json::from_slice(&std::fs::read(&path)?)?;
+        assert_eq!(
+            read.token.as_ref().map(|t| t.expose_secret()),
+            Some("hephy_s3cret"),
+            "the file keeps the token itself"
+        );
+        let shown = format!("{settings:?} {read:#?}");
+        assert!(!shown.contains("s3cret"), "the token in {shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        Ok(())
+    }
+
+    #[test]
+    fn token_flags_parse_into_secrets() -> Result {
+        let token = secret("hephy_s3cret")?;
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert_eq!(token.expose_secret(), "hephy_s3cret");
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use hephy_backends::dockerfile::default_cache_dir;
 use hephy_backends::sandbox::{Sandbox, SandboxError, SandboxPolicy};
 use hephy_backends::BuildEnv;
+use hephy_core::fs::{write_atomic, FileMode};
 use hephy_core::{
     AppName, BuildContext, Events, Job, Pipeline, Platform, Publisher, Revision, Source,
 };
@@ -32,8 +33,8 @@ pub struct BuildArgs {
     #[arg(long, env = "HEPHY_REGISTRY_USER")]
     pub registry_user: Option<String>,
     /// Registry password or token.
-    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true)]
-    pub registry_password: Option<String>,
+    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true, value_parser = crate::cli::secret)]
+    pub registry_password: Option<secrecy::SecretString>,
     /// The OCI layout directory to publish into when no registry is given.
     #[arg(long, default_value = ".hephy/images")]
     pub layout: PathBuf,
@@ -143,7 +144,7 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
             registry,
             args.insecure_registry,
             args.registry_user.as_deref(),
-            args.registry_password.as_deref(),
+            args.registry_password.as_ref(),
         )?,
         None => Arc::new(hephy_oci::OciLayoutPublisher::new(&args.layout)),
     };
@@ -161,7 +162,7 @@ pub async fn build(args: BuildArgs, app: Option<&str>, style: &Style) -> Result 
     let reference = report.published.reference.to_string();
     println!("{reference}");
     if let Some(f) = &args.image_file {
-        std::fs::write(f, format!("{reference}\n"))?;
+        write_atomic(f, format!("{reference}\n").as_bytes(), FileMode::Public)?;
     }
     Ok(())
 }

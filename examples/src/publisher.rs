@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use hephy_core::Publisher;
 use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
+use secrecy::SecretString;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -13,7 +14,7 @@ pub fn registry(
     registry: &str,
     insecure: bool,
     user: Option<&str>,
-    password: Option<&str>,
+    password: Option<&SecretString>,
 ) -> Result<Arc<dyn Publisher>> {
     let (host, prefix) = split(registry);
     Ok(Arc::new(
@@ -37,10 +38,10 @@ pub fn options(
     registry: &str,
     insecure: bool,
     user: Option<&str>,
-    password: Option<&str>,
+    password: Option<&SecretString>,
 ) -> Result<RegistryOptions> {
     let auth = match (user, password) {
-        (Some(u), Some(p)) => RegistryAuth::basic(u, p),
+        (Some(u), Some(p)) => RegistryAuth::basic(u, p.clone()),
         (None, None) => RegistryAuth::DockerConfig,
         _ => return Err("give both --registry-user and --registry-password, or neither".into()),
     };

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use hephy_core::fs::{write_atomic, FileMode};
 use hephy_core::{Deployer, Events};
 use hephy_deploy::local::LocalDeployer;
 use hephy_git::auth::Accounts;
+use secrecy::{ExposeSecret, SecretString};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -55,19 +57,19 @@ pub fn gitops_deployer(data: &Path, repo: &str, namespace: &str) -> Result<Arc<d
 
 /// Creates the first user, `admin`, with a token saved in `<data>/admin-token` (readable only by
 /// the server's user); returns the token when it was just made.
-pub fn bootstrap_admin(accounts: &Accounts, data: &Path) -> Result<Option<String>> {
+pub fn bootstrap_admin(accounts: &Accounts, data: &Path) -> Result<Option<SecretString>> {
     if !accounts.users().is_empty() {
         return Ok(None);
     }
     accounts.add_user("admin", true)?;
-    let token = accounts.create_token("admin")?;
+    let token = SecretString::from(accounts.create_token("admin")?);
     let path = data.join("admin-token");
-    std::fs::write(&path, format!("{token}\n"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // 0600 from the first byte: a file chmod'ed after writing can be opened in between.
+    write_atomic(
+        &path,
+        format!("{}\n", token.expose_secret()).as_bytes(),
+        FileMode::Private,
+    )?;
     Ok(Some(token))
 }
 
@@ -76,7 +78,7 @@ pub fn print_next_steps(
     public_url: &str,
     ssh: Option<SocketAddr>,
     data: &Path,
-    new_token: Option<&str>,
+    new_token: Option<&SecretString>,
 ) {
     let token_file = data.join("admin-token");
     println!("hephy-server is listening");
@@ -192,4 +194,44 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| {
             format!("invalid size {s:?}: write bytes with an optional K, M, G or T suffix, like 4G")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_token_file_is_owner_only_and_the_token_never_debug_printed(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let data = tmp.path().join("data");
+        let accounts = Accounts::open(&data)?;
+        let token = bootstrap_admin(&accounts, &data)?.ok_or("no admin token made")?;
+        let file = data.join("admin-token");
+        assert_eq!(
+            std::fs::read_to_string(&file)?,
+            format!("{}\n", token.expose_secret())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| -> std::io::Result<u32> {
+                Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+            };
+            assert_eq!(mode(&file)?, 0o600, "admin-token");
+            assert_eq!(mode(&data.join("accounts.json"))?, 0o600, "accounts.json");
+            assert_eq!(
+                mode(&data)?,
+                0o700,
+                "the data directory Accounts::open made"
+            );
+        }
+        let shown = format!("{token:?}");
+        assert!(!shown.contains(token.expose_secret()), "{shown}");
+        assert!(
+            bootstrap_admin(&accounts, &data)?.is_none(),
+            "made only for the first start"
+        );
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! A client of the control API, as the `hephy` CLI uses it.
 
 use hephy_core::{AppName, ConfigChange, Release, ReleaseVersion};
+use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -44,19 +45,35 @@ pub enum ClientError {
 }
 
 /// A client of one hephy server.
-#[derive(Debug, Clone)]
+///
+/// The token is held as a [`SecretString`]: `Debug` shows `[redacted]` in its place.
+///
+/// ```
+/// let client = hephy_api::Client::new("http://127.0.0.1:7080", "s3cret-token");
+/// assert!(!format!("{client:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
 pub struct Client {
     base: String,
-    token: String,
+    token: SecretString,
     http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
     /// A client of the server at `base` (like `http://127.0.0.1:7080`) using `token`.
-    pub fn new(base: &str, token: &str) -> Self {
+    pub fn new(base: &str, token: impl Into<SecretString>) -> Self {
         Client {
             base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            token: token.into(),
             http: reqwest::Client::new(),
         }
     }
@@ -72,7 +89,7 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let resp = req
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
             .send()
             .await
             .map_err(|source| ClientError::Unreachable {
@@ -257,4 +274,19 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_server_but_never_the_token() {
+        let client = Client::new("http://127.0.0.1:7080/", String::from("hephy_s3cret"));
+        let shown = format!("{client:?} {client:#?}");
+        assert!(!shown.contains("s3cret"), "the token in {shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(shown.contains("http://127.0.0.1:7080"), "{shown}");
+        assert_eq!(client.token.expose_secret(), "hephy_s3cret");
+    }
 }

@@ -31,6 +31,10 @@ pub mod types;
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError};
 pub use runtime::{AppRuntime, LineStream};
+/// The [secrecy](https://docs.rs/secrecy/0.10) crate (0.10) that holds [`Client`]'s token:
+/// use it through this re-export so the versions always match.
+#[cfg(feature = "client")]
+pub use secrecy;
 #[cfg(feature = "server")]
 pub use server::{router, ApiError, ApiState, Authed};
 pub use types::*;

@@ -26,10 +26,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hephy_core::fs::{create_dir_all, write_atomic, FileMode};
 use hephy_core::AppName;
 use russh::keys::HashAlg;
 /// An SSH public key: russh's (0.65) re-export of `ssh-key`'s, parsed with `PublicKey::from_openssh`.
@@ -218,7 +218,7 @@ impl Accounts {
     /// file is an empty store (it is written on the first change).
     pub fn open(data_dir: impl AsRef<Path>) -> Result<Accounts, AuthError> {
         let dir = data_dir.as_ref();
-        fs::create_dir_all(dir).map_err(|e| AuthError::io("create", dir, e))?;
+        create_dir_all(dir, FileMode::Private).map_err(|e| AuthError::io("create", dir, e))?;
         let path = dir.join(ACCOUNTS_FILE);
         let store = match fs::read(&path) {
             Ok(bytes) => parse_store(&path, &bytes)?,
@@ -542,44 +542,15 @@ fn parse_store(path: &Path, bytes: &[u8]) -> Result<Store, AuthError> {
     Ok(store)
 }
 
-/// Writes the store next to its final path, syncs it and renames it over the old file, then
-/// syncs the directory so the rename itself survives a crash.
+/// Writes the store with [`hephy_core::fs::write_atomic`]: 0600 from the first byte (token
+/// hashes and key lists are nobody else's business), fsynced, renamed over the old file.
 fn write_atomically(path: &Path, store: &Store) -> Result<(), AuthError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let json = serde_json::to_vec_pretty(store).map_err(|e| AuthError::Corrupt {
+    let mut json = serde_json::to_vec_pretty(store).map_err(|e| AuthError::Corrupt {
         path: path.to_owned(),
         source: Box::new(e),
     })?;
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| AuthError::Random(e.to_string()))?;
-    let tmp = dir.join(format!(".{ACCOUNTS_FILE}.{}.tmp", hex::encode(suffix)));
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Token hashes and key lists are nobody else's business.
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| AuthError::io("create", &tmp, e))?;
-        file.write_all(&json)
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(|e| AuthError::io("write", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| AuthError::io("replace", path, e))?;
-        #[cfg(unix)]
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| AuthError::io("sync", dir, e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    json.push(b'\n');
+    write_atomic(path, &json, FileMode::Private).map_err(|e| AuthError::io("write", path, e))
 }
 
 fn check_user_name(name: &str) -> Result<(), AuthError> {

@@ -211,15 +211,20 @@ fn a_corrupt_file_is_reported_not_replaced() -> TestResult {
 #[test]
 fn the_file_is_private_and_no_temp_files_remain() -> TestResult {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir()?;
-    let accounts = Accounts::open(dir.path())?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("data");
+    let accounts = Accounts::open(&dir)?;
     accounts.add_user("alice", false)?;
     accounts.create_token("alice")?;
-    let mode = fs::metadata(dir.path().join(ACCOUNTS_FILE))?
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let names: Vec<_> = fs::read_dir(dir.path())?
+    let mode = fs::metadata(dir.join(ACCOUNTS_FILE))?.permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the accounts file");
+    let mode = fs::metadata(&dir)?.permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the data directory Accounts::open created"
+    );
+    let names: Vec<_> = fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.file_name()))
         .collect::<Result<_, _>>()?;
     assert_eq!(names, vec![std::ffi::OsString::from(ACCOUNTS_FILE)]);

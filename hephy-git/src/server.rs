@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hephy_core::fs::{write_atomic, FileMode};
 use hephy_core::{AppName, Pipeline, Report};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -377,7 +378,8 @@ impl GitServer {
         };
         gix::init_bare(&path).map_err(|e| init_err(e.to_string()))?;
         let head = path.join("HEAD");
-        std::fs::write(&head, format!("ref: {}\n", self.inner.deploy_ref)).map_err(|source| {
+        let head_ref = format!("ref: {}\n", self.inner.deploy_ref);
+        write_atomic(&head, head_ref.as_bytes(), FileMode::Public).map_err(|source| {
             AppError::Io {
                 path: head.clone(),
                 source,

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hephy_core::fs::{create_atomic, FileMode};
 use hephy_core::AppName;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
@@ -199,7 +200,10 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, SshError> {
             let text = key
                 .to_openssh(LineEnding::LF)
                 .map_err(|e| io_err("encode", io::Error::other(e)))?;
-            write_private_file(path, text.as_bytes()).map_err(|e| io_err("write", e))?;
+            // 0600 from the first byte, and never replacing a key a second server starting at
+            // the same moment already uses.
+            create_atomic(path, text.as_bytes(), FileMode::Private)
+                .map_err(|e| io_err("write", e))?;
             tracing::info!(
                 path = %path.display(),
                 fingerprint = %key.public_key().fingerprint(HashAlg::Sha256),
@@ -209,43 +213,6 @@ fn load_or_create_host_key(path: &Path) -> Result<PrivateKey, SshError> {
         }
         Err(e) => Err(io_err("read", e)),
     }
-}
-
-/// Writes a new file readable only by its owner, atomically: a crash leaves no half key that the
-/// next start would refuse.
-fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "host_key".to_owned());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        // A second server starting at the same moment must not replace the key the first one
-        // already uses: hard-link (fails if the name exists) instead of rename.
-        fs::hard_link(&tmp, path)?;
-        fs::remove_file(&tmp)?;
-        #[cfg(unix)]
-        fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Makes one [`Connection`] per accepted client.

@@ -386,15 +386,8 @@ fn empty_index() -> ImageIndex {
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(|e| LayoutError::io("write", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| LayoutError::io("rename", path, e))
+    hephy_core::fs::write_atomic(path, bytes, hephy_core::fs::FileMode::Public)
+        .map_err(|e| LayoutError::io("write", path, e))
 }
 
 /// A blob being written: hashes and counts every byte, then [`finish`](BlobWriter::finish)

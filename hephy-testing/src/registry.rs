@@ -459,11 +459,13 @@ fn empty_auth_file() -> Result<PathBuf, TestingError> {
         return Ok(path.clone());
     }
     let path = std::env::temp_dir().join(format!("hephy-skopeo-auth-{}.json", std::process::id()));
-    // Written under a unique name and renamed, so a concurrent reader never sees half a file.
-    let tmp = path
-        .with_extension(format!("tmp-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
-    fs::write(&tmp, "{\"auths\":{}}\n").map_err(io(format!("cannot write {}", tmp.display())))?;
-    fs::rename(&tmp, &path).map_err(io(format!("cannot write {}", path.display())))?;
+    // Written atomically, so a concurrent reader never sees half a file.
+    hephy_core::fs::write_atomic(
+        &path,
+        b"{\"auths\":{}}\n",
+        hephy_core::fs::FileMode::Private,
+    )
+    .map_err(io(format!("cannot write {}", path.display())))?;
     Ok(FILE.get_or_init(|| path).clone())
 }
 

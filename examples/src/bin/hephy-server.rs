@@ -47,8 +47,8 @@ struct Args {
     #[arg(long, env = "HEPHY_REGISTRY_USER")]
     registry_user: Option<String>,
     /// Registry password or token.
-    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true)]
-    registry_password: Option<String>,
+    #[arg(long, env = "HEPHY_REGISTRY_PASSWORD", hide_env_values = true, value_parser = hephy_examples::cli::secret)]
+    registry_password: Option<secrecy::SecretString>,
     /// Where releases run.
     #[arg(long, env = "HEPHY_DEPLOYER", value_enum, default_value_t = DeployerKind::Local)]
     deployer: DeployerKind,
@@ -125,12 +125,16 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-        format!(
-            "cannot create the data directory {}: {e}",
-            args.data_dir.display()
-        )
-    })?;
+    // The data directory holds the accounts, the admin token and the releases' config vars:
+    // made owner-only (0700) when hephy creates it.
+    hephy_core::fs::create_dir_all(&args.data_dir, hephy_core::fs::FileMode::Private).map_err(
+        |e| {
+            format!(
+                "cannot create the data directory {}: {e}",
+                args.data_dir.display()
+            )
+        },
+    )?;
     let data = std::fs::canonicalize(&args.data_dir)?;
     let accounts = Accounts::open(&data)?;
     let admin_token = runtime::bootstrap_admin(&accounts, &data)?;
@@ -151,7 +155,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     r,
                     args.insecure_registry,
                     args.registry_user.as_deref(),
-                    args.registry_password.as_deref(),
+                    args.registry_password.as_ref(),
                 )?),
                 None => None,
             };
@@ -177,7 +181,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             r,
             args.insecure_registry,
             args.registry_user.as_deref(),
-            args.registry_password.as_deref(),
+            args.registry_password.as_ref(),
         )?,
         None => Arc::new(hephy_oci::OciLayoutPublisher::new(&images)),
     };
@@ -248,7 +252,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &public_url,
         (!args.no_ssh).then_some(args.ssh),
         &data,
-        admin_token.as_deref(),
+        admin_token.as_ref(),
     );
 
     let serve =

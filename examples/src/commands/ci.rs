@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use hephy_core::fs::{write_atomic, FileMode};
 
 use super::{Ctx, Result};
 use crate::ci::CiSystem;
@@ -37,7 +38,7 @@ pub fn write(args: CiArgs, ctx: &Ctx<'_>) -> Result {
     let workflow = args
         .system
         .workflow(name.as_str(), &args.branch, args.deploy);
-    std::fs::write(&path, workflow)?;
+    write_atomic(&path, workflow.as_bytes(), FileMode::Public)?;
     println!("{}", ctx.style.ok(&format!("Wrote {}", path.display())));
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::io::Write;
 use clap::{Args, Subcommand};
 use hephy_api::Client;
 use hephy_core::{AppName, Release, ReleaseVersion};
+use secrecy::SecretString;
 
 use crate::cli::{self, Style};
 use crate::local;
@@ -27,8 +28,8 @@ pub struct Global {
     #[arg(long, global = true, env = "HEPHY_URL")]
     pub url: Option<String>,
     /// The API token (default: from `hephy login`).
-    #[arg(long, global = true, env = "HEPHY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long, global = true, env = "HEPHY_TOKEN", hide_env_values = true, value_parser = cli::secret)]
+    pub token: Option<SecretString>,
     /// The app (default: from the `hephy` git remote of the current repository).
     #[arg(long, short = 'a', global = true, env = "HEPHY_APP")]
     pub app: Option<String>,
@@ -42,8 +43,8 @@ pub enum Command {
         /// The server, like http://127.0.0.1:7080.
         url: String,
         /// The token (the server prints the admin token at first start).
-        #[arg(long)]
-        token: String,
+        #[arg(long, value_parser = cli::secret)]
+        token: SecretString,
     },
     /// Show who the token belongs to.
     Whoami,
@@ -106,7 +107,7 @@ impl Ctx<'_> {
         let url = self.global.url.as_ref().or(self.settings.url.as_ref());
         let token = self.global.token.as_ref().or(self.settings.token.as_ref());
         match (url, token) {
-            (Some(url), Some(token)) => Ok(Client::new(url, token)),
+            (Some(url), Some(token)) => Ok(Client::new(url, token.clone())),
             _ => Err(cli::NOT_LOGGED_IN.into()),
         }
     }

@@ -1,13 +1,14 @@
 //! `hephy login` and `hephy whoami`.
 
 use hephy_api::Client;
+use secrecy::SecretString;
 
 use super::{Ctx, Result};
 use crate::cli;
 
 /// Checks the token against the server, then saves both.
-pub async fn login(url: String, token: String) -> Result {
-    let me = Client::new(&url, &token).whoami().await?;
+pub async fn login(url: String, token: SecretString) -> Result {
+    let me = Client::new(&url, token.clone()).whoami().await?;
     cli::Settings {
         url: Some(url.clone()),
         token: Some(token),
