@@ -196,8 +196,8 @@ fn walk(module: &str, items: &[Item], private: &BTreeSet<String>, out: &mut Vec<
     }
 }
 
-#[test]
-fn public_api() -> Result {
+/// Each source file of hephy-core, by module name, parsed.
+pub(crate) fn parsed_sources() -> Result<Vec<(String, syn::File)>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files: Vec<_> = std::fs::read_dir(&src)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -205,16 +205,41 @@ fn public_api() -> Result {
         .collect();
     files.sort();
     let mut parsed = vec![];
-    let mut private = BTreeSet::new();
     for f in files {
         let module = f
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        let file = syn::parse_file(&std::fs::read_to_string(&f)?)?;
+        parsed.push((module, syn::parse_file(&std::fs::read_to_string(&f)?)?));
+    }
+    Ok(parsed)
+}
+
+/// The public structs, enums and type aliases of hephy-core, as `module::Name`: the types whose
+/// auto traits `auto_traits.rs` pins.
+pub(crate) fn public_types() -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for (module, file) in parsed_sources()? {
+        for item in &file.items {
+            let ident = match item {
+                Item::Struct(s) if is_pub(&s.vis) => &s.ident,
+                Item::Enum(e) if is_pub(&e.vis) => &e.ident,
+                Item::Type(t) if is_pub(&t.vis) => &t.ident,
+                _ => continue,
+            };
+            out.insert(format!("{module}::{ident}"));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn public_api() -> Result {
+    let parsed = parsed_sources()?;
+    let mut private = BTreeSet::new();
+    for (_, file) in &parsed {
         private_types(&file.items, &mut private);
-        parsed.push((module, file));
     }
     let mut out = vec![];
     for (module, file) in &parsed {

@@ -1,7 +1,8 @@
 //! Integration tests of hephy-core: value types, `hephy.toml`, events, the pipeline and the
-//! public API snapshot.
+//! public API and auto-trait snapshots.
 
 mod api;
+mod auto_traits;
 mod config;
 mod events;
 mod pipeline;
