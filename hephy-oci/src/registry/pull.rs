@@ -130,8 +130,9 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// image's manifest (OCI or Docker v2 schema 2, whose JSON has the same shape).
 #[derive(Debug)]
 enum Document {
-    Index(ImageIndex),
-    Image(ImageManifest),
+    // Boxed: both are large, and a document is moved through a few matches.
+    Index(Box<ImageIndex>),
+    Image(Box<ImageManifest>),
 }
 
 /// Reads a manifest or index with oci-spec's types; the media type is the document's own
@@ -158,15 +159,14 @@ fn parse_document(bytes: &[u8]) -> Result<(Document, String), String> {
         None => MediaType::ImageManifest.to_string(),
     };
     let document = if is_index_media_type(&media_type) {
-        Document::Index(
+        Document::Index(Box::new(
             serde_json::from_slice(bytes)
                 .map_err(|e| format!("the index ({media_type}) is not valid: {e}"))?,
-        )
+        ))
     } else {
-        Document::Image(
-            serde_json::from_slice(bytes)
-                .map_err(|e| format!("the manifest ({media_type}) is not valid: {e}"))?,
-        )
+        Document::Image(Box::new(serde_json::from_slice(bytes).map_err(|e| {
+            format!("the manifest ({media_type}) is not valid: {e}")
+        })?))
     };
     Ok((document, media_type))
 }
