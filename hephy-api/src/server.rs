@@ -18,6 +18,7 @@ use hephy_git::auth::{Accounts, User};
 use hephy_git::GitServer;
 use serde::Deserialize;
 
+use crate::image_policy::{ImagePolicy, ImageSource};
 use crate::runtime::{AppRuntime, LineStream};
 use crate::types::*;
 
@@ -30,6 +31,7 @@ pub struct ApiState {
     runtime: Option<Arc<dyn AppRuntime>>,
     http_base: String,
     ssh_base: Option<String>,
+    images: ImagePolicy,
 }
 
 impl ApiState {
@@ -43,7 +45,16 @@ impl ApiState {
             runtime: None,
             http_base: http_base.into().trim_end_matches('/').to_owned(),
             ssh_base: None,
+            images: ImagePolicy::new("hephy.local", ""),
         }
+    }
+
+    /// Which images `POST /api/v1/apps/{app}/deploy` accepts: by default only images of apps the
+    /// caller may push to, in the local image store (`hephy.local/APP`). A server that publishes
+    /// to a registry says so here, and lists the other registries its admin allows.
+    pub fn with_image_policy(mut self, policy: ImagePolicy) -> Self {
+        self.images = policy;
+        self
     }
 
     /// Serves releases, config and rollback from `deployer`.
@@ -359,6 +370,16 @@ async fn deploy_image(
         return Err(bad(format!(
             "{image} is not pinned by digest: deploy REF@sha256:..., as `hephy build --image-file` writes it, so the release is exactly what was built"
         )));
+    }
+    match state
+        .images
+        .classify(&image)
+        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?
+    {
+        ImageSource::App(owner) if owner != app => {
+            authorized_app(&state, &user, owner.as_str())?;
+        }
+        _ => {}
     }
     let d = deployer(&state)?;
     let settings = d

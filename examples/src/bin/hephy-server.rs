@@ -84,6 +84,11 @@ struct Args {
     /// everyone who can push may run code as root on this machine.
     #[arg(long)]
     unsafe_no_build_sandbox: bool,
+    /// A registry (`host[:port]`, or `host[:port]/path`) whose images `hephy deploy --image` may
+    /// name, pulled with this server's credentials; repeat it or separate with commas. Without it,
+    /// only images of apps the caller may push to are deployed.
+    #[arg(long, env = "HEPHY_ALLOW_IMAGE_REGISTRY", value_delimiter = ',')]
+    allow_image_registry: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -214,6 +219,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(l) = &local {
         state = state.with_runtime(l.clone());
     }
+    state = state.with_image_policy(publisher::image_policy(
+        args.registry.as_deref(),
+        &args.allow_image_registry,
+    ));
     if !args.no_ssh {
         state = state.with_ssh(format!("ssh://git@{}", args.ssh));
     }
