@@ -110,26 +110,33 @@ impl Drop for Server {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.kill();
-        // Remove the containers this server's apps ran (test apps are named e2e-*).
-        for id in list_containers() {
-            if id.starts_with("hephy-e2e") {
-                let _ = Command::new("runc").args(["delete", "-f", &id]).status();
-            }
+        // Remove the containers this server's apps ran, and only those: other tests' servers run
+        // at the same time, with containers on the same runc (deleting theirs made their apps
+        // give empty replies).
+        for id in containers_under(&self.data) {
+            let _ = Command::new("runc").args(["delete", "-f", &id]).status();
         }
     }
 }
 
-fn list_containers() -> Vec<String> {
+/// The runc containers whose bundle lies under `dir`.
+fn containers_under(dir: &Path) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        id: String,
+        bundle: PathBuf,
+    }
     Command::new("runc")
-        .args(["list", "-q"])
+        .args(["list", "--format", "json"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Option<Vec<Listed>>>(&o.stdout).ok())
+        .flatten()
         .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.bundle.starts_with(dir))
+        .map(|c| c.id)
+        .collect()
 }
 
 /// Runs a command, failing with its output when it fails.
