@@ -45,7 +45,7 @@ fn attacks(marker: &Path, data: &Path) -> Vec<Attack> {
                     "[build]\nbackend = \"go\"\n\n[build.go]\ntoolchain = \"./evil.sh\"\n".into(),
                 ),
             ],
-            refusal: &["toolchain"],
+            refusal: &["[build.go] toolchain"],
         },
         Attack {
             name: "files-dir-is-the-host-root",
@@ -53,7 +53,7 @@ fn attacks(marker: &Path, data: &Path) -> Vec<Attack> {
                 "hephy.toml",
                 "[build]\nbackend = \"files\"\n\n[build.files]\ndir = \"/\"\n".into(),
             )],
-            refusal: &["dir"],
+            refusal: &["[build.files] dir"],
         },
         Attack {
             name: "hephy-toml-is-dev-zero",
@@ -75,7 +75,7 @@ fn attacks(marker: &Path, data: &Path) -> Vec<Attack> {
                     "[build.dockerfile]\ncontext = \"ctx\"\n".into(),
                 ),
             ],
-            refusal: &["context"],
+            refusal: &["[build.dockerfile] context"],
         },
         Attack {
             name: "go-build-constraint-bomb",
@@ -255,10 +255,25 @@ fn attacks_through_the_real_server_are_refused_or_contained() -> Result {
         let name = attack.name;
         if !attack.refusal.is_empty() {
             assert!(!pushed, "{name}: the push must be refused:\n{out}");
+            // `hephy check` in the checkout refuses it with the same words, before any push.
+            let checked = hephy(&home).current_dir(&dir).arg("check").output()?;
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&checked.stdout),
+                String::from_utf8_lossy(&checked.stderr)
+            );
+            assert!(
+                !checked.status.success(),
+                "{name}: hephy check passed:\n{said}"
+            );
             for needle in attack.refusal {
                 assert!(
                     out.contains(needle),
                     "{name}: the refusal names {needle:?}:\n{out}"
+                );
+                assert!(
+                    said.contains(needle),
+                    "{name}: hephy check names {needle:?}:\n{said}"
                 );
             }
         }
