@@ -121,7 +121,7 @@ fn attacks(marker: &Path, data: &Path) -> Vec<Attack> {
     ]
 }
 
-fn write_repo(dir: &Path, files: &[(&str, String)]) -> Result {
+pub(crate) fn write_repo(dir: &Path, files: &[(&str, String)]) -> Result {
     for (path, content) in files {
         let p = dir.join(path);
         if let Some(parent) = p.parent() {
@@ -140,7 +140,7 @@ fn write_repo(dir: &Path, files: &[(&str, String)]) -> Result {
 }
 
 /// Creates `app`, commits `dir` and pushes it; whether the push went through, and its output.
-fn push(server: &Server, home: &Path, dir: &Path, app: &str) -> Result<(bool, String)> {
+pub(crate) fn push(server: &Server, home: &Path, dir: &Path, app: &str) -> Result<(bool, String)> {
     run(hephy(home).args(["apps", "create", app]))?;
     run(git(dir).args(["init", "-q", "-b", "main"]))?;
     run(git(dir).args(["add", "-A"]))?;
@@ -155,7 +155,7 @@ fn push(server: &Server, home: &Path, dir: &Path, app: &str) -> Result<(bool, St
     Ok((out.status.success(), text))
 }
 
-const BYSTANDER: &str = r#"package main
+pub(crate) const BYSTANDER: &str = r#"package main
 
 import (
 	"fmt"
@@ -170,7 +170,7 @@ func main() {
 "#;
 
 /// Requests the bystander's URL in a loop until stopped; counts answers and failures.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -178,7 +178,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(url: String) -> Load {
+    pub(crate) fn start(url: String) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
@@ -204,7 +204,7 @@ impl Load {
         }
     }
 
-    fn finish(self) -> Result<(usize, usize, Vec<String>)> {
+    pub(crate) fn finish(self) -> Result<(usize, usize, Vec<String>)> {
         self.stop.store(true, Ordering::SeqCst);
         let errors = self.thread.join().map_err(|_| "load thread panicked")?;
         Ok((
