@@ -11,7 +11,7 @@
 //! talking to git, registries or clusters: `hephy-git`, `hephy-oci`, `hephy-backends` and
 //! `hephy-deploy` implement the traits, and depend on this crate, never the other way round. Its dependencies
 //! are few and stable (serde, thiserror, async-trait, toml, humantime, and tokio's `sync` and
-//! `time`), and its API changes only deliberately (see `STABILITY.md`). One small std-only module,
+//! `time`, `rt` and `net`), and its API changes only deliberately (see `STABILITY.md`). One small std-only module,
 //! [`fs`], is the single way every hephy crate writes a state file durably and with the right
 //! permissions.
 //!
@@ -82,6 +82,7 @@ mod platform;
 mod publish;
 mod reference;
 mod release;
+mod runtime;
 mod source;
 mod unknown;
 
@@ -109,4 +110,5 @@ pub use release::{
     ConfigChange, ConfigVarError, ConfigVars, NewRelease, Release, ReleaseCause, ReleaseVersion,
     ReleaseVersionError, RESERVED_VARS,
 };
+pub use runtime::{check_runtime, RuntimeError};
 pub use source::{Source, SourceError};
