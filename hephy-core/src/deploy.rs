@@ -83,9 +83,7 @@ impl DeployError {
     /// words, and an embedding program shows its own advice instead, or none.
     pub fn hint(&self) -> Option<String> {
         match self {
-            DeployError::UnknownApp { app } => {
-                Some(format!("create it with `hephy apps create {app}`"))
-            }
+            DeployError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
             DeployError::NoRelease { .. } => Some("push it with `git push hephy main`".into()),
             DeployError::UnknownRelease { .. } => Some("list them with `hephy releases`".into()),
             DeployError::Config(e) => e.hint(),

@@ -140,9 +140,10 @@ impl PipelineError {
 }
 
 impl PipelineError {
-    /// Advice that names hephy's CLI (`hephy apps create hello`), for hephy's own tools to show
-    /// after the message; the message itself says what is wrong in the library's words. An
-    /// embedding program shows its own advice instead, or none.
+    /// Advice that names hephy's CLI (`run \`hephy apps create hello\``), for hephy's own tools
+    /// to show after the message (they print `MESSAGE (HINT)`); the message itself says what is
+    /// wrong and what to do in the library's words. An embedding program shows its own advice
+    /// instead, or none.
     pub fn hint(&self) -> Option<String> {
         match self {
             PipelineError::Source(e) => e.hint(),
@@ -533,6 +534,11 @@ impl Pipeline {
     /// The names of the registered backends, in registration order.
     pub fn backend_names(&self) -> Vec<&str> {
         self.backends.iter().map(|b| b.name()).collect()
+    }
+
+    /// The source of pushed revisions, if the pipeline has one.
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
+        self.source.as_ref()
     }
 
     /// The deployer, if the pipeline has one.

@@ -25,6 +25,14 @@ pub enum SourceError {
         /// The commit asked for.
         commit: String,
     },
+    /// A name given to resolve (a branch, `HEAD`, a commit id) names no commit.
+    #[error("{name:?} names no commit in the repository of {app}: use HEAD, a branch such as main, a full ref name or a commit id of at least 4 hex digits")]
+    UnknownRevision {
+        /// The app.
+        app: AppName,
+        /// The name given.
+        name: String,
+    },
     /// The source holds something that cannot be built safely.
     #[error("{problem}")]
     Invalid {
@@ -56,9 +64,7 @@ impl SourceError {
     /// [`PipelineError::hint`](crate::PipelineError::hint)).
     pub fn hint(&self) -> Option<String> {
         match self {
-            SourceError::UnknownApp { app } => {
-                Some(format!("create it with `hephy apps create {app}`"))
-            }
+            SourceError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
             _ => None,
         }
     }

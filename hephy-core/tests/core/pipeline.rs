@@ -813,10 +813,7 @@ async fn no_backend_lists_the_registered_backends_and_hints_stay_apart() -> Resu
         err.to_string(),
         "app hello has no repository: create the app before pushing to it"
     );
-    assert_eq!(
-        err.hint().as_deref(),
-        Some("create it with `hephy apps create hello`")
-    );
+    assert_eq!(err.hint().as_deref(), Some("run `hephy apps create hello`"));
     let err = PipelineError::Deploy(DeployError::UnknownApp {
         app: "hello".parse()?,
     });
@@ -824,10 +821,7 @@ async fn no_backend_lists_the_registered_backends_and_hints_stay_apart() -> Resu
         err.to_string(),
         "deploy failed: unknown app hello: create the app first"
     );
-    assert_eq!(
-        err.hint().as_deref(),
-        Some("create it with `hephy apps create hello`")
-    );
+    assert_eq!(err.hint().as_deref(), Some("run `hephy apps create hello`"));
     Ok(())
 }
 

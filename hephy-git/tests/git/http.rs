@@ -122,8 +122,10 @@ async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
     commit_file(&repo, "a", b"a\n", "a").await?;
     let push = git(&repo, &["push", &server.url("nope"), "main"]).await?;
     assert!(!push.ok);
+    // This server shows hephy's CLI hints, as hephy-server does.
     assert!(
-        push.stderr.contains("app nope does not exist"),
+        push.stderr
+            .contains("app nope does not exist: create it first (run `hephy apps create nope`)"),
         "{}",
         push.stderr
     );
