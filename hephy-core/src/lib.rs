@@ -66,6 +66,20 @@
 //! assert_eq!(report.published.reference.tag(), Some("latest"));
 //! # Ok(()) }
 //! ```
+//!
+//! # The runtime
+//!
+//! [`Pipeline::run`] and [`Pipeline::run_streaming`] need a tokio runtime with time and IO
+//! enabled (`#[tokio::main]` has both). [`PipelineBuilder::build`] checks the runtime it is
+//! called on with [`check_runtime`] and returns a [`RuntimeError`] naming the fix instead of
+//! letting a push panic later; a run checks again when it starts.
+//!
+//! # Errors and hints
+//!
+//! Error messages say what is wrong and what to do in the library's words. Advice that names
+//! hephy's own CLI (`run \`hephy apps create hello\``) is kept apart, in `hint()`
+//! ([`PipelineError::hint`], [`SourceError::hint`], [`DeployError::hint`]): hephy's tools show
+//! it, an embedding program shows its own advice or none.
 #![deny(missing_docs)]
 
 mod app;
