@@ -116,8 +116,22 @@ impl From<DeployError> for ApiError {
             DeployError::Unhealthy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, with_hint(&e, e.hint()))
     }
+}
+
+/// An error's message with its hint: this API answers hephy's own CLI, so the advice that
+/// names the CLI (`hephy apps create`) belongs in the answer.
+fn with_hint(e: &impl std::fmt::Display, hint: Option<String>) -> String {
+    match hint {
+        Some(hint) => format!("{e} ({hint})"),
+        None => e.to_string(),
+    }
+}
+
+/// The answer to a failed app operation of the git server.
+fn app_error(e: hephy_git::AppError) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, with_hint(&e, e.hint()))
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -262,10 +276,7 @@ async fn create_app(
             format!("app {app} exists already: choose another name, or push to it"),
         ));
     }
-    state
-        .git
-        .create_app(&app, &user.name)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.git.create_app(&app, &user.name).map_err(app_error)?;
     if let Some(r) = &state.runtime {
         r.create(&app).await?;
     }
@@ -290,10 +301,7 @@ async fn destroy_app(
     if let Some(r) = &state.runtime {
         r.destroy(&app).await?;
     }
-    state
-        .git
-        .delete_app(&app)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.git.delete_app(&app).map_err(app_error)?;
     let _ = state.accounts.revoke_app(&app);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -221,6 +221,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let url_runtime = local.clone();
     let git = GitServer::builder(&data)
         .pipeline(pipeline)
+        // hephy's own users have hephy's CLI: show its advice after the messages.
+        .cli_hints(true)
         .accounts(accounts.clone())
         .deploy_branch(args.deploy_branch.clone())
         .build_timeout(args.build_timeout)
