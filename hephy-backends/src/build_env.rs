@@ -150,12 +150,22 @@ impl BuildEnv {
             Ok(())
         };
         let mode = |m: &std::fs::Metadata| std::fs::Permissions::from_mode(m.mode() & 0o7777);
+        // Modification times are kept (builders hash them: buildah's `COPY file:HASH`), those
+        // of directories once their entries are in.
+        let mtime = |path: &Path, meta: &std::fs::Metadata| -> Result<(), BuildError> {
+            if let Ok(t) = meta.modified() {
+                std::fs::File::open(path)
+                    .and_then(|f| f.set_modified(t))
+                    .map_err(err(path))?;
+            }
+            Ok(())
+        };
         let skip = dst.canonicalize().ok();
         std::fs::create_dir(dst).map_err(err(dst))?;
-        if let Ok(meta) = std::fs::metadata(src) {
-            std::fs::set_permissions(dst, mode(&meta)).map_err(err(dst))?;
-        }
+        let top = std::fs::metadata(src).map_err(err(src))?;
+        std::fs::set_permissions(dst, mode(&top)).map_err(err(dst))?;
         chown(dst)?;
+        let mut dirs = vec![(dst.to_path_buf(), top)];
         // Iterative: the depth of a pushed tree must not decide the depth of our stack.
         let mut todo = vec![(src.to_path_buf(), dst.to_path_buf())];
         while let Some((from, to)) = todo.pop() {
@@ -172,9 +182,11 @@ impl BuildEnv {
                     std::fs::create_dir(&target).map_err(err(&target))?;
                     std::fs::set_permissions(&target, mode(&meta)).map_err(err(&target))?;
                     todo.push((path, target.clone()));
+                    dirs.push((target.clone(), meta));
                 } else if kind.is_file() {
                     std::fs::copy(&path, &target).map_err(err(&path))?;
                     std::fs::set_permissions(&target, mode(&meta)).map_err(err(&target))?;
+                    mtime(&target, &meta)?;
                 } else if kind.is_symlink() {
                     let link = std::fs::read_link(&path).map_err(err(&path))?;
                     std::os::unix::fs::symlink(link, &target).map_err(err(&target))?;
@@ -183,6 +195,9 @@ impl BuildEnv {
                 }
                 chown(&target)?;
             }
+        }
+        for (dir, meta) in dirs.iter().rev() {
+            mtime(dir, meta)?;
         }
         Ok(())
     }
