@@ -1,5 +1,5 @@
-//! The build sandbox: every build tool a push makes hephy run (go, cargo, and the language tools
-//! to come) runs here, never on the host.
+//! The build sandbox: every build tool a push makes hephy run (go, cargo, buildah, spin, and the
+//! language tools to come) runs here, never on the host.
 //!
 //! A build sees only what [`SandboxCommand`] binds into it (the build context copy and its caches
 //! writable; `/usr`, the CA certificates and a toolchain read-only), a private `/tmp`, `/proc`
@@ -12,7 +12,9 @@
 //!
 //! Mechanism: bubblewrap (`bwrap`) started as root sets up the mount namespace (so it can bind
 //! toolchains that live in root's home), then `setpriv` drops to the build uid before the tool
-//! starts. Why bubblewrap and not runc: builds need no image, start in milliseconds, and
+//! starts. A builder that must be root (buildah) runs instead as root of a user namespace of its
+//! own ([`BuildUser::NamespaceRoot`]), entered inside bubblewrap, whose ids map to unprivileged
+//! host ids. Why bubblewrap and not runc: builds need no image, start in milliseconds, and
 //! bubblewrap is what Flatpak uses for exactly this (hostile code, a few read-only binds).
 //! SECURITY.md gives the whole threat model.
 
