@@ -715,7 +715,7 @@ impl UserNamespace {
         .await;
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             return Err(std::io::Error::other(
-                "unshare --user could not make a user namespace for the build",
+                "unshare --user could not make a user namespace for the build: enable user namespaces (sysctl user.max_user_namespaces above 0)",
             ));
         }
         let map = format!("0 {base} {BUILD_USERNS_SIZE}\n");

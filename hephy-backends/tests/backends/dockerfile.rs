@@ -570,6 +570,12 @@ async fn run_steps_are_contained_in_the_build_sandbox() -> TestResult {
         std::fs::read_dir(&markers)?.next().is_none(),
         "the RUN step wrote on the host"
     );
+    // The output is the image layout alone: the context copy and temp files are gone.
+    let mut left: Vec<String> = std::fs::read_dir(out.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    left.sort();
+    assert_eq!(left, ["blobs", "index.json", "oci-layout"]);
     Ok(())
 }
 
@@ -613,5 +619,24 @@ async fn sandboxed_builds_are_reproducible_and_keep_the_hosts_layers() -> TestRe
     // history's `COPY file:HASH` and what follows from it: buildah hashes the copied files as
     // it sees them, and the two see the context differently.)
     assert_eq!(built[0].1, built[2].1, "sandboxed and unconfined layers");
+    Ok(())
+}
+
+#[test]
+fn a_link_in_a_built_layout_is_refused() -> TestResult {
+    // What a RUN step that left chroot isolation could do to the layout buildah writes: hephy
+    // reads it as root, so a link to a host file would ship that file.
+    let out = tempfile::tempdir()?;
+    std::fs::create_dir_all(out.path().join("blobs/sha256"))?;
+    std::fs::write(out.path().join("index.json"), "{}")?;
+    hephy_backends::build_env::built_tree(out.path(), "buildah push")?;
+    std::os::unix::fs::symlink("/etc/shadow", out.path().join("blobs/sha256/abc"))?;
+    let err = hephy_backends::build_env::built_tree(out.path(), "buildah push")
+        .err()
+        .ok_or("a link in the layout should be refused")?;
+    assert!(
+        err.to_string().contains("left") && err.to_string().contains("blobs/sha256/abc"),
+        "{err}"
+    );
     Ok(())
 }
