@@ -160,8 +160,11 @@ impl BuildEnv {
             }
             Ok(())
         };
-        let skip = dst.canonicalize().ok();
         std::fs::create_dir(dst).map_err(err(dst))?;
+        // The copy itself, when it is inside `src` (an output directory in the checkout).
+        let copy_id = std::fs::metadata(dst)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(err(dst))?;
         let top = std::fs::metadata(src).map_err(err(src))?;
         std::fs::set_permissions(dst, mode(&top)).map_err(err(dst))?;
         chown(dst)?;
@@ -176,7 +179,7 @@ impl BuildEnv {
                 let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
                 let kind = meta.file_type();
                 if kind.is_dir() {
-                    if skip.as_deref() == Some(path.as_path()) {
+                    if (meta.dev(), meta.ino()) == copy_id {
                         continue;
                     }
                     std::fs::create_dir(&target).map_err(err(&target))?;
