@@ -174,7 +174,7 @@ pub async fn check(args: CheckArgs, style: &Style) -> Result {
     let env = BuildEnv::unconfined(default_cache_dir());
     let backends = hephy_backends::default_backends(&env);
     let explanation = hephy_backends::check::explain(&ctx, &backends).await;
-    print!("{explanation}");
+    println!("{explanation}");
     if explanation.ok() {
         println!("{}", style.ok("ok: a push would build"));
         Ok(())

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use hephy_api::image_policy::ImagePolicy;
 use hephy_core::Publisher;
 use hephy_oci::registry::{RegistryAuth, RegistryOptions, RegistryPublisher};
+use hephy_oci::LOCAL_REGISTRY;
 use secrecy::SecretString;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -23,6 +25,15 @@ pub fn registry(
             .options(options(registry, insecure, user, password)?)
             .build()?,
     ))
+}
+
+/// Which images `hephy deploy --image` may name on a server that publishes to `registry` (else
+/// to its local image store): its apps' own, and those of the `allowed` registries.
+pub fn image_policy(registry: Option<&str>, allowed: &[String]) -> ImagePolicy {
+    let (host, prefix) = registry.map(split).unwrap_or((LOCAL_REGISTRY, ""));
+    allowed.iter().fold(ImagePolicy::new(host, prefix), |p, r| {
+        p.allow_registry(r.as_str())
+    })
 }
 
 fn split(registry: &str) -> (&str, &str) {

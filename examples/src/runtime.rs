@@ -2,23 +2,86 @@
 //! printed at start.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hephy_core::fs::{write_atomic, FileMode};
 use hephy_core::{Deployer, Events};
 use hephy_deploy::local::LocalDeployer;
+use hephy_deploy::router::control::{self, RouterClient};
 use hephy_git::auth::Accounts;
 use secrecy::{ExposeSecret, SecretString};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// The router process's state directory for the data directory `data`.
+pub fn router_dir(data: &Path) -> PathBuf {
+    data.join("deploy").join("router")
+}
+
+/// The router process of `data` (`hephy-router`, beside this program), started when none
+/// answers. It is started in a process group of its own, so that neither a signal to the
+/// server's group nor the server's end stops it.
+pub async fn ensure_router(data: &Path) -> Result<RouterClient> {
+    let dir = router_dir(data);
+    let client = RouterClient::new(dir.join(control::SOCKET));
+    if client.ping().await.is_ok() {
+        return Ok(client);
+    }
+    hephy_core::fs::create_dir_all(&dir, hephy_core::fs::FileMode::Private)?;
+    let exe = std::env::current_exe()?.with_file_name("hephy-router");
+    let log_path = dir.join("router.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start {} ({e}): build it beside hephy-server (`cargo build -p hephy-examples --bins`), or run with --router embedded",
+            exe.display()
+        )
+    })?;
+    for _ in 0..100 {
+        if client.ping().await.is_ok() {
+            // Reaped by nobody on purpose: it outlives this process.
+            drop(child);
+            return Ok(client);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = said.lines().rev().take(5).collect();
+            return Err(format!(
+                "hephy-router exited ({status}) before it answered: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Err(format!(
+        "hephy-router did not answer on {} within 10 s: see {}",
+        client.socket().display(),
+        log_path.display()
+    )
+    .into())
+}
+
 /// The local deployer over `<data>/deploy`, reading `hephy.local` images from `images` and others
-/// from their registry with `registry`'s options, with every app's current release brought back up.
+/// from their registry with `registry`'s options, routing through `router` (else routers in this
+/// process), with every app's current release brought back up (adopted where it still runs).
 pub async fn local_deployer(
     data: &Path,
     images: &Path,
     registry: Option<hephy_oci::registry::RegistryOptions>,
+    router: Option<RouterClient>,
     events: &Events,
 ) -> Result<Arc<LocalDeployer>> {
     // An app pushed before it was created through the API still gets its router port.
@@ -27,6 +90,9 @@ pub async fn local_deployer(
         .create_apps_on_deploy(true);
     if let Some(r) = registry {
         b = b.registry(r);
+    }
+    if let Some(r) = router {
+        b = b.router_process(r);
     }
     let d = b.build()?;
     let report = d.restore(events).await?;

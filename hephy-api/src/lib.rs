@@ -5,6 +5,8 @@
 //! - [`Client`] (feature `client`, on by default): calls the API, as the `hephy` CLI does.
 //! - [`server::router`] (feature `server`): serves it from a `hephy_git::GitServer` and its
 //!   accounts; merge it with the git routes.
+//! - [`image_policy`]: which images an image deploy may name (an app's the caller may push to, or
+//!   a registry the admin allowed).
 //! - [`AppRuntime`]: what the server needs from where apps run (lifecycle, URL, logs), beyond
 //!   [`Deployer`](hephy_core::Deployer). `hephy-deploy`'s local deployer implements it.
 //!
@@ -23,6 +25,7 @@
 
 #[cfg(feature = "client")]
 mod client;
+pub mod image_policy;
 mod runtime;
 #[cfg(feature = "server")]
 pub mod server;

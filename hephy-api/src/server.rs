@@ -18,6 +18,7 @@ use hephy_git::auth::{Accounts, User};
 use hephy_git::GitServer;
 use serde::Deserialize;
 
+use crate::image_policy::{ImagePolicy, ImageSource};
 use crate::runtime::{AppRuntime, LineStream};
 use crate::types::*;
 
@@ -30,6 +31,7 @@ pub struct ApiState {
     runtime: Option<Arc<dyn AppRuntime>>,
     http_base: String,
     ssh_base: Option<String>,
+    images: ImagePolicy,
 }
 
 impl ApiState {
@@ -43,7 +45,16 @@ impl ApiState {
             runtime: None,
             http_base: http_base.into().trim_end_matches('/').to_owned(),
             ssh_base: None,
+            images: ImagePolicy::new("hephy.local", ""),
         }
+    }
+
+    /// Which images `POST /api/v1/apps/{app}/deploy` accepts: by default only images of apps the
+    /// caller may push to, in the local image store (`hephy.local/APP`). A server that publishes
+    /// to a registry says so here, and lists the other registries its admin allows.
+    pub fn with_image_policy(mut self, policy: ImagePolicy) -> Self {
+        self.images = policy;
+        self
     }
 
     /// Serves releases, config and rollback from `deployer`.
@@ -105,8 +116,22 @@ impl From<DeployError> for ApiError {
             DeployError::Unhealthy { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, with_hint(&e, e.hint()))
     }
+}
+
+/// An error's message with its hint: this API answers hephy's own CLI, so the advice that
+/// names the CLI (`hephy apps create`) belongs in the answer.
+fn with_hint(e: &impl std::fmt::Display, hint: Option<String>) -> String {
+    match hint {
+        Some(hint) => format!("{e} ({hint})"),
+        None => e.to_string(),
+    }
+}
+
+/// The answer to a failed app operation of the git server.
+fn app_error(e: hephy_git::AppError) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, with_hint(&e, e.hint()))
 }
 
 fn bad(msg: impl Into<String>) -> ApiError {
@@ -251,10 +276,7 @@ async fn create_app(
             format!("app {app} exists already: choose another name, or push to it"),
         ));
     }
-    state
-        .git
-        .create_app(&app, &user.name)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.git.create_app(&app, &user.name).map_err(app_error)?;
     if let Some(r) = &state.runtime {
         r.create(&app).await?;
     }
@@ -279,10 +301,7 @@ async fn destroy_app(
     if let Some(r) = &state.runtime {
         r.destroy(&app).await?;
     }
-    state
-        .git
-        .delete_app(&app)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.git.delete_app(&app).map_err(app_error)?;
     let _ = state.accounts.revoke_app(&app);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -359,6 +378,16 @@ async fn deploy_image(
         return Err(bad(format!(
             "{image} is not pinned by digest: deploy REF@sha256:..., as `hephy build --image-file` writes it, so the release is exactly what was built"
         )));
+    }
+    match state
+        .images
+        .classify(&image)
+        .map_err(|e| ApiError(StatusCode::FORBIDDEN, e.to_string()))?
+    {
+        ImageSource::App(owner) if owner != app => {
+            authorized_app(&state, &user, owner.as_str())?;
+        }
+        _ => {}
     }
     let d = deployer(&state)?;
     let settings = d

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use hephy_core::{BuildContext, BuildError, Events};
 
 use crate::exec::{self, ExecError, ExecOutput};
-use crate::sandbox::{Sandbox, SandboxCommand};
+use crate::sandbox::{BuildUser, Sandbox, SandboxCommand};
 
 /// The cache key of a context built outside a pipeline, which names no app. App names start
 /// with a letter, so it is never an app's.
@@ -79,6 +79,16 @@ impl BuildEnv {
     /// user only when it is not already theirs: a Go or cargo cache grows to gigabytes, and is
     /// not walked on every build.
     pub fn app_cache(&self, tool: &str, ctx: &BuildContext) -> Result<PathBuf, BuildError> {
+        self.app_cache_as(tool, ctx, BuildUser::Unprivileged)
+    }
+
+    /// Like [`BuildEnv::app_cache`], for a tool run as `user` (see [`ToolCommand::user`]).
+    pub fn app_cache_as(
+        &self,
+        tool: &str,
+        ctx: &BuildContext,
+        user: BuildUser,
+    ) -> Result<PathBuf, BuildError> {
         let app = ctx.app().map(|a| a.as_str()).unwrap_or(NO_APP);
         let dir = self.cache_root.join(tool).join(app);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -92,9 +102,9 @@ impl BuildEnv {
         })?;
         if let Some(sandbox) = &self.sandbox {
             let owner = std::fs::metadata(&dir).map(|m| m.uid()).ok();
-            if owner != Some(sandbox.policy().uid) {
+            if owner != Some(sandbox.policy().host_uid(user)) {
                 sandbox
-                    .prepare_dir(&dir)
+                    .prepare_dir_as(&dir, user)
                     .map_err(|e| BuildError::other("cannot prepare the build cache", e))?;
             }
         }
@@ -103,6 +113,11 @@ impl BuildEnv {
 
     /// `dir` as a new, empty directory the build user may write (what was there is removed).
     pub fn work_dir(&self, dir: &Path) -> Result<(), BuildError> {
+        self.work_dir_as(dir, BuildUser::Unprivileged)
+    }
+
+    /// Like [`BuildEnv::work_dir`], for a tool run as `user` (see [`ToolCommand::user`]).
+    pub fn work_dir_as(&self, dir: &Path, user: BuildUser) -> Result<(), BuildError> {
         let err = |e| BuildError::other(format!("cannot create {}", dir.display()), e);
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(err)?;
@@ -110,8 +125,82 @@ impl BuildEnv {
         std::fs::create_dir_all(dir).map_err(err)?;
         if let Some(sandbox) = &self.sandbox {
             sandbox
-                .prepare_dir(dir)
+                .prepare_dir_as(dir, user)
                 .map_err(|e| BuildError::other("cannot prepare the build directory", e))?;
+        }
+        Ok(())
+    }
+
+    /// Copies the tree at `src` to `dst` (which must not exist yet), for a tool run as `user`
+    /// that must read every file of it and may write the copy (a build context). Symlinks are
+    /// copied as links, never followed; files other than directories, regular files and
+    /// symlinks are left out, as is `dst` itself when it is inside `src`. Copied in this
+    /// process, as whoever hephy runs as: the build user may not be able to read the original.
+    pub fn copy_tree_as(&self, src: &Path, dst: &Path, user: BuildUser) -> Result<(), BuildError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let owner = self.sandbox.as_ref().map(|s| s.policy().host_uid(user));
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |e| BuildError::other(format!("cannot copy {} for the build", path.display()), e)
+        };
+        let chown = |path: &Path| -> Result<(), BuildError> {
+            if let Some(uid) = owner {
+                std::os::unix::fs::lchown(path, Some(uid), Some(uid)).map_err(err(path))?;
+            }
+            Ok(())
+        };
+        let mode = |m: &std::fs::Metadata| std::fs::Permissions::from_mode(m.mode() & 0o7777);
+        // Modification times are kept (builders hash them: buildah's `COPY file:HASH`), those
+        // of directories once their entries are in.
+        let mtime = |path: &Path, meta: &std::fs::Metadata| -> Result<(), BuildError> {
+            if let Ok(t) = meta.modified() {
+                std::fs::File::open(path)
+                    .and_then(|f| f.set_modified(t))
+                    .map_err(err(path))?;
+            }
+            Ok(())
+        };
+        std::fs::create_dir(dst).map_err(err(dst))?;
+        // The copy itself, when it is inside `src` (an output directory in the checkout).
+        let copy_id = std::fs::metadata(dst)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(err(dst))?;
+        let top = std::fs::metadata(src).map_err(err(src))?;
+        std::fs::set_permissions(dst, mode(&top)).map_err(err(dst))?;
+        chown(dst)?;
+        let mut dirs = vec![(dst.to_path_buf(), top)];
+        // Iterative: the depth of a pushed tree must not decide the depth of our stack.
+        let mut todo = vec![(src.to_path_buf(), dst.to_path_buf())];
+        while let Some((from, to)) = todo.pop() {
+            for entry in std::fs::read_dir(&from).map_err(err(&from))? {
+                let entry = entry.map_err(err(&from))?;
+                let path = entry.path();
+                let target = to.join(entry.file_name());
+                let meta = std::fs::symlink_metadata(&path).map_err(err(&path))?;
+                let kind = meta.file_type();
+                if kind.is_dir() {
+                    if (meta.dev(), meta.ino()) == copy_id {
+                        continue;
+                    }
+                    std::fs::create_dir(&target).map_err(err(&target))?;
+                    std::fs::set_permissions(&target, mode(&meta)).map_err(err(&target))?;
+                    todo.push((path, target.clone()));
+                    dirs.push((target.clone(), meta));
+                } else if kind.is_file() {
+                    std::fs::copy(&path, &target).map_err(err(&path))?;
+                    std::fs::set_permissions(&target, mode(&meta)).map_err(err(&target))?;
+                    mtime(&target, &meta)?;
+                } else if kind.is_symlink() {
+                    let link = std::fs::read_link(&path).map_err(err(&path))?;
+                    std::os::unix::fs::symlink(link, &target).map_err(err(&target))?;
+                } else {
+                    continue;
+                }
+                chown(&target)?;
+            }
+        }
+        for (dir, meta) in dirs.iter().rev() {
+            mtime(dir, meta)?;
         }
         Ok(())
     }
@@ -127,6 +216,7 @@ impl BuildEnv {
             env: BTreeMap::new(),
             binds: Vec::new(),
             network: true,
+            user: BuildUser::Unprivileged,
         }
     }
 
@@ -141,23 +231,36 @@ impl BuildEnv {
         step: &str,
         hint: &str,
     ) -> Result<ExecOutput, BuildError> {
-        let out = match &self.sandbox {
-            Some(sandbox) => sandbox.run(cmd.sandboxed(), events, exec::TAIL_LINES).await,
-            None => {
-                if !cmd.network {
-                    events.warn(
-                        "[build] network = false is not enforced: this build runs without the sandbox",
-                    );
-                }
-                exec::run(cmd.unconfined(), events, exec::TAIL_LINES).await
-            }
-        };
+        let out = self.exec(cmd, events, exec::TAIL_LINES).await;
         out.map_err(|e| match e {
             ExecError::Failed { tail, status, .. } => BuildError::Failed {
                 message: format!("{step} failed ({status}):\n{}", tail.join("\n")),
             },
             other => other.into_build_error(hint),
         })
+    }
+}
+
+impl BuildEnv {
+    /// Runs `cmd` to its end like [`BuildEnv::run`], keeping the last `tail_lines` output lines,
+    /// and returns how it went as it is, for a backend that words its own errors.
+    pub async fn exec(
+        &self,
+        cmd: ToolCommand,
+        events: &Events,
+        tail_lines: usize,
+    ) -> Result<ExecOutput, ExecError> {
+        match &self.sandbox {
+            Some(sandbox) => sandbox.run(cmd.sandboxed(), events, tail_lines).await,
+            None => {
+                if !cmd.network {
+                    events.warn(
+                        "[build] network = false is not enforced: this build runs without the sandbox",
+                    );
+                }
+                exec::run(cmd.unconfined(), events, tail_lines).await
+            }
+        }
     }
 }
 
@@ -172,6 +275,7 @@ pub struct ToolCommand {
     env: BTreeMap<String, String>,
     binds: Vec<(PathBuf, PathBuf, bool)>,
     network: bool,
+    user: BuildUser,
 }
 
 impl ToolCommand {
@@ -255,11 +359,20 @@ impl ToolCommand {
         self
     }
 
+    /// Who the tool runs as in the sandbox (default [`BuildUser::Unprivileged`]); unconfined,
+    /// it runs as hephy's own user either way. Prepare its directories for the same user
+    /// ([`BuildEnv::app_cache_as`], [`BuildEnv::work_dir_as`]).
+    pub fn user(&mut self, user: BuildUser) -> &mut Self {
+        self.user = user;
+        self
+    }
+
     fn sandboxed(self) -> SandboxCommand {
         let mut c = SandboxCommand::new(self.program)
             .args(self.args)
             .envs(self.env)
-            .network(self.network);
+            .network(self.network)
+            .user(self.user);
         if let Some(cwd) = self.cwd {
             c = c.cwd(cwd);
         }
@@ -326,4 +439,33 @@ pub fn built_file(dir: &Path, path: &Path, step: &str) -> Result<PathBuf, BuildE
         });
     }
     Ok(real)
+}
+
+/// Checks that everything a build tool wrote under `dir` (an image layout, say) is a directory
+/// or a regular file. hephy reads it as root; a build that left a symlink there (to the
+/// server's data directory, say) would otherwise make hephy ship a host file in the image.
+pub fn built_tree(dir: &Path, step: &str) -> Result<(), BuildError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |e| BuildError::other(format!("{step} left {} unreadable", path.display()), e)
+    };
+    // Iterative: the build decides the depth of what it wrote.
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(err(&d))? {
+            let entry = entry.map_err(err(&d))?;
+            let kind = entry.file_type().map_err(err(&entry.path()))?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if !kind.is_file() {
+                return Err(BuildError::Failed {
+                    message: format!(
+                        "{step} left {} as a link or a special file in its output, and hephy does not read it: the output must hold only files and directories",
+                        entry.path().display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }

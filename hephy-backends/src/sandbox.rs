@@ -1,5 +1,5 @@
-//! The build sandbox: every build tool a push makes hephy run (go, cargo, and the language tools
-//! to come) runs here, never on the host.
+//! The build sandbox: every build tool a push makes hephy run (go, cargo, buildah, spin, and the
+//! language tools to come) runs here, never on the host.
 //!
 //! A build sees only what [`SandboxCommand`] binds into it (the build context copy and its caches
 //! writable; `/usr`, the CA certificates and a toolchain read-only), a private `/tmp`, `/proc`
@@ -12,7 +12,9 @@
 //!
 //! Mechanism: bubblewrap (`bwrap`) started as root sets up the mount namespace (so it can bind
 //! toolchains that live in root's home), then `setpriv` drops to the build uid before the tool
-//! starts. Why bubblewrap and not runc: builds need no image, start in milliseconds, and
+//! starts. A builder that must be root (buildah) runs instead as root of a user namespace of its
+//! own ([`BuildUser::NamespaceRoot`]), entered inside bubblewrap, whose ids map to unprivileged
+//! host ids. Why bubblewrap and not runc: builds need no image, start in milliseconds, and
 //! bubblewrap is what Flatpak uses for exactly this (hostile code, a few read-only binds).
 //! SECURITY.md gives the whole threat model.
 
@@ -28,6 +30,31 @@ use crate::exec::{self, ExecError, ExecOutput};
 
 /// The uid and gid builds run as by default: `nobody`, which owns nothing on the host.
 pub const BUILD_UID: u32 = 65534;
+
+/// The host uid (and gid) that is root in the user namespace of a build that runs as
+/// [`BuildUser::NamespaceRoot`] by default: above what `useradd` hands out as subordinate ids
+/// (`SUB_UID_MAX` is 600,100,000), below the ranges hephy-deploy gives apps (from
+/// 1,000,000,000), so it owns nothing on the host.
+pub const BUILD_USERNS_BASE: u32 = 900_000_000;
+
+/// How many ids a build's user namespace maps: 0 to 65535, the ids images use.
+pub const BUILD_USERNS_SIZE: u32 = 65_536;
+
+/// Who a sandboxed program runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BuildUser {
+    /// The policy's unprivileged uid ([`SandboxPolicy::uid`]), with no capabilities and
+    /// `no_new_privs`: compilers and package managers (go, cargo, spin).
+    #[default]
+    Unprivileged,
+    /// Root of a user namespace of its own whose ids 0 to 65535 are the host ids from
+    /// [`SandboxPolicy::userns_base`]: for builders that must be root to unpack images and run
+    /// their programs as the images' users (buildah, whose `RUN` steps use chroot isolation
+    /// inside). Its capabilities hold only in that namespace, over what is bound into the
+    /// sandbox; on the host it is an unprivileged uid that owns nothing.
+    NamespaceRoot,
+}
 
 /// The environment every sandboxed tool gets, besides what its [`SandboxCommand`] sets.
 const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -48,6 +75,10 @@ pub struct SandboxPolicy {
     pub pids: Option<u64>,
     /// How many CPUs one build may use (default: all).
     pub cpus: Option<f64>,
+    /// The host uid (and gid) that is root in the user namespace of a build run as
+    /// [`BuildUser::NamespaceRoot`]; the namespace maps [`BUILD_USERNS_SIZE`] ids from here
+    /// (default [`BUILD_USERNS_BASE`]).
+    pub userns_base: u32,
 }
 
 impl Default for SandboxPolicy {
@@ -58,6 +89,7 @@ impl Default for SandboxPolicy {
             memory_bytes: Some(4 << 30),
             pids: Some(1024),
             cpus: None,
+            userns_base: BUILD_USERNS_BASE,
         }
     }
 }
@@ -91,6 +123,22 @@ impl SandboxPolicy {
     pub fn with_uid(mut self, uid: u32) -> Self {
         self.uid = uid;
         self
+    }
+
+    /// Sets the first host id of the user namespace of builds run as
+    /// [`BuildUser::NamespaceRoot`].
+    pub fn with_userns_base(mut self, base: u32) -> Self {
+        self.userns_base = base;
+        self
+    }
+
+    /// The host uid (and gid) that `user` is: [`SandboxPolicy::uid`], or
+    /// [`SandboxPolicy::userns_base`] for the root of a build's user namespace.
+    pub fn host_uid(&self, user: BuildUser) -> u32 {
+        match user {
+            BuildUser::Unprivileged => self.uid,
+            BuildUser::NamespaceRoot => self.userns_base,
+        }
     }
 }
 
@@ -148,6 +196,7 @@ pub struct SandboxCommand {
     env: BTreeMap<String, String>,
     binds: Vec<Bind>,
     network: bool,
+    user: BuildUser,
 }
 
 impl SandboxCommand {
@@ -161,7 +210,15 @@ impl SandboxCommand {
             env: BTreeMap::new(),
             binds: Vec::new(),
             network: true,
+            user: BuildUser::Unprivileged,
         }
+    }
+
+    /// Who the program runs as (default [`BuildUser::Unprivileged`]). Hand its writable
+    /// directories to the same user with [`Sandbox::prepare_dir_as`].
+    pub fn user(mut self, user: BuildUser) -> Self {
+        self.user = user;
+        self
     }
 
     /// Adds an argument.
@@ -243,6 +300,7 @@ pub struct Sandbox {
     bwrap: PathBuf,
     setpriv: PathBuf,
     nsenter: PathBuf,
+    unshare: PathBuf,
     pasta: PathBuf,
     ip: PathBuf,
     scratch: PathBuf,
@@ -261,6 +319,7 @@ impl Sandbox {
             bwrap: find("bwrap", "bubblewrap")?,
             setpriv: find("setpriv", "util-linux")?,
             nsenter: find("nsenter", "util-linux")?,
+            unshare: find("unshare", "util-linux")?,
             pasta: find("pasta", "passt")?,
             ip: find("ip", "iproute2")?,
             scratch: scratch.into(),
@@ -293,12 +352,19 @@ impl Sandbox {
     /// Hands `dir` (created if missing) and everything in it to the build uid, so a writable
     /// bind of it works. Symlinks are changed themselves, never followed.
     pub fn prepare_dir(&self, dir: &Path) -> Result<(), SandboxError> {
+        self.prepare_dir_as(dir, BuildUser::Unprivileged)
+    }
+
+    /// Hands `dir` (created if missing) and everything in it to `user`, so a writable bind of
+    /// it works for a [`SandboxCommand`] run as `user`. Symlinks are changed themselves, never
+    /// followed.
+    pub fn prepare_dir_as(&self, dir: &Path, user: BuildUser) -> Result<(), SandboxError> {
         let err = |path: &Path| {
             let path = path.to_owned();
             move |source| SandboxError::Prepare { path, source }
         };
         std::fs::create_dir_all(dir).map_err(err(dir))?;
-        let uid = Some(self.policy.uid);
+        let uid = Some(self.policy.host_uid(user));
         // Iterative: the depth of a pushed tree must not decide the depth of our stack.
         let mut todo = vec![dir.to_owned()];
         while let Some(d) = todo.pop() {
@@ -359,32 +425,65 @@ impl Sandbox {
         } else {
             None
         };
+        let userns = match cmd.user {
+            BuildUser::NamespaceRoot => Some(
+                UserNamespace::create(&self.unshare, self.policy.userns_base)
+                    .await
+                    .map_err(io)?,
+            ),
+            BuildUser::Unprivileged => None,
+        };
 
         let mut c = Command::new("/bin/sh");
         c.env_clear();
         // The wrapper puts itself in the build's cgroups, then becomes the sandbox: everything
-        // the build starts is counted and can be killed as one.
+        // the build starts is counted and can be killed as one. A build run as the root of a
+        // user namespace gets that namespace as fd 3, opened here on the host: bubblewrap
+        // passes it on, and the sandbox's own /proc does not show the holder process.
         c.arg("-c")
-            .arg(r#"for f in $HEPHY_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done; exec "$@""#)
+            .arg(
+                r#"for f in $HEPHY_CGROUP_PROCS; do echo $$ > "$f" || exit 125; done
+if [ -n "$HEPHY_USERNS" ]; then exec 3<"$HEPHY_USERNS" || exit 125; fi
+exec "$@""#,
+            )
             .arg("sh")
             .env("HEPHY_CGROUP_PROCS", cgroup.procs_files().join(" "));
+        if let Some(ns) = &userns {
+            c.env("HEPHY_USERNS", ns.path());
+        }
         if network {
             c.arg(&self.nsenter).arg(format!("--net=/run/netns/{id}"));
         }
         c.arg(&self.bwrap);
         c.args(self.bwrap_args(&cmd, network, &dir, &passwd, &group));
-        c.arg("--").arg(&self.setpriv).args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-            "--no-new-privs".into(),
-            "--".into(),
-        ]);
+        c.arg("--");
+        match cmd.user {
+            BuildUser::Unprivileged => {
+                c.arg(&self.setpriv).args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    "--inh-caps=-all".into(),
+                    "--bounding-set=-all".into(),
+                    "--no-new-privs".into(),
+                    "--".into(),
+                ]);
+            }
+            BuildUser::NamespaceRoot => {
+                // Into the user namespace as its root (a high host uid), then a mount namespace
+                // of its own, owned by that user namespace: the builder may mount there (chroot
+                // isolation does), while every bind above stays locked as bubblewrap made it.
+                c.arg(&self.nsenter)
+                    .args(["--user=/proc/self/fd/3", "--setuid=0", "--setgid=0", "--"])
+                    .arg(&self.unshare)
+                    .args(["--mount", "--propagation", "private", "--"])
+                    .args(["/bin/sh", "-c", r#"exec "$@" 3<&-"#, "sh"]);
+            }
+        }
         c.arg(&cmd.program).args(&cmd.args);
         let out = exec::run(c, events, tail_lines).await;
         cgroup.kill();
+        drop(userns);
         match out {
             Err(ExecError::Failed { status, tail, .. }) => Err(ExecError::Failed {
                 program: cmd.name(),
@@ -466,6 +565,22 @@ impl Sandbox {
         push(&[
             &"--perms", &"1777", &"--tmpfs", &"/tmp", &"--proc", &"/proc", &"--dev", &"/dev",
         ]);
+        if cmd.user == BuildUser::NamespaceRoot {
+            // buildah's chroot isolation binds /dev and /sys into each RUN step and remounts
+            // them read-only unless they already are: a remount of bubblewrap's mounts from
+            // inside the user namespace is refused (their flags are locked). /sys is an empty
+            // tmpfs: nothing of the host's devices or cgroups.
+            push(&[
+                &"--remount-ro",
+                &"/dev",
+                &"--perms",
+                &"0755",
+                &"--tmpfs",
+                &"/sys",
+                &"--remount-ro",
+                &"/sys",
+            ]);
+        }
         for b in &cmd.binds {
             for parent in parents_of(&b.inside) {
                 push(&[&"--perms", &"0755", &"--dir", &parent]);
@@ -556,6 +671,72 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// A user namespace whose ids `0..BUILD_USERNS_SIZE` are host ids from `base`, held open by a
+/// process of the host's that waits on its stdin (killed when this is dropped). util-linux's
+/// `unshare --map-users` would need `newuidmap` and a subordinate range for root in
+/// `/etc/subuid`; root writes any mapping itself.
+struct UserNamespace {
+    holder: tokio::process::Child,
+    pid: u32,
+}
+
+impl UserNamespace {
+    async fn create(unshare: &Path, base: u32) -> std::io::Result<UserNamespace> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut holder = Command::new(unshare)
+            .args([
+                "--user",
+                "--",
+                "/bin/sh",
+                "-c",
+                "echo ready && exec cat >/dev/null",
+            ])
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = holder
+            .id()
+            .ok_or_else(|| std::io::Error::other("the user namespace holder ended at once"))?;
+        let stdout = holder
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("the user namespace holder has no stdout"))?;
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stdout);
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reader.read_line(&mut line),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return Err(std::io::Error::other(
+                "unshare --user could not make a user namespace for the build: enable user namespaces (sysctl user.max_user_namespaces above 0)",
+            ));
+        }
+        let map = format!("0 {base} {BUILD_USERNS_SIZE}\n");
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{file}"), &map).map_err(|e| {
+                std::io::Error::other(format!("cannot write the build's {file}: {e}"))
+            })?;
+        }
+        Ok(UserNamespace { holder, pid })
+    }
+
+    /// The namespace, as a path on the host.
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/user", self.pid)
+    }
+}
+
+impl Drop for UserNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.start_kill();
+    }
 }
 
 /// What is undone when a build ends, however it ends.

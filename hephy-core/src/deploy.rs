@@ -14,19 +14,19 @@ use crate::{
 #[non_exhaustive]
 pub enum DeployError {
     /// The app is not known to the deployer.
-    #[error("unknown app {app}: create it first with `hephy apps create {app}`")]
+    #[error("unknown app {app}: create the app first")]
     UnknownApp {
         /// The app.
         app: AppName,
     },
     /// The app has no release yet, so there is nothing to roll back or reconfigure.
-    #[error("app {app} has no release yet: push it first with `git push hephy main`")]
+    #[error("app {app} has no release yet: deploy it once first")]
     NoRelease {
         /// The app.
         app: AppName,
     },
     /// The release asked for does not exist.
-    #[error("app {app} has no release {version}: its releases are v1 to {latest}; list them with `hephy releases`")]
+    #[error("app {app} has no release {version}: its releases are v1 to {latest}")]
     UnknownRelease {
         /// The app.
         app: AppName,
@@ -75,6 +75,19 @@ impl DeployError {
         DeployError::Other {
             message: message.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// Advice that names hephy's CLI (`hephy apps create hello`, `hephy releases`), for hephy's
+    /// own tools to show after the message; the message says what is wrong in the library's
+    /// words, and an embedding program shows its own advice instead, or none.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            DeployError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
+            DeployError::NoRelease { .. } => Some("push it with `git push hephy main`".into()),
+            DeployError::UnknownRelease { .. } => Some("list them with `hephy releases`".into()),
+            DeployError::Config(e) => e.hint(),
+            _ => None,
         }
     }
 }

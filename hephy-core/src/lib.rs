@@ -11,7 +11,7 @@
 //! talking to git, registries or clusters: `hephy-git`, `hephy-oci`, `hephy-backends` and
 //! `hephy-deploy` implement the traits, and depend on this crate, never the other way round. Its dependencies
 //! are few and stable (serde, thiserror, async-trait, toml, humantime, and tokio's `sync` and
-//! `time`), and its API changes only deliberately (see `STABILITY.md`). One small std-only module,
+//! `time`, `rt` and `net`), and its API changes only deliberately (see `STABILITY.md`). One small std-only module,
 //! [`fs`], is the single way every hephy crate writes a state file durably and with the right
 //! permissions.
 //!
@@ -66,6 +66,20 @@
 //! assert_eq!(report.published.reference.tag(), Some("latest"));
 //! # Ok(()) }
 //! ```
+//!
+//! # The runtime
+//!
+//! [`Pipeline::run`] and [`Pipeline::run_streaming`] need a tokio runtime with time and IO
+//! enabled (`#[tokio::main]` has both). [`PipelineBuilder::build`] checks the runtime it is
+//! called on with [`check_runtime`] and returns a [`RuntimeError`] naming the fix instead of
+//! letting a push panic later; a run checks again when it starts.
+//!
+//! # Errors and hints
+//!
+//! Error messages say what is wrong and what to do in the library's words. Advice that names
+//! hephy's own CLI (`run \`hephy apps create hello\``) is kept apart, in `hint()`
+//! ([`PipelineError::hint`], [`SourceError::hint`], [`DeployError::hint`]): hephy's tools show
+//! it, an embedding program shows its own advice or none.
 #![deny(missing_docs)]
 
 mod app;
@@ -82,6 +96,7 @@ mod platform;
 mod publish;
 mod reference;
 mod release;
+mod runtime;
 mod source;
 mod unknown;
 
@@ -109,4 +124,5 @@ pub use release::{
     ConfigChange, ConfigVarError, ConfigVars, NewRelease, Release, ReleaseCause, ReleaseVersion,
     ReleaseVersionError, RESERVED_VARS,
 };
+pub use runtime::{check_runtime, RuntimeError};
 pub use source::{Source, SourceError};

@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use crate::{
     AppName, Backend, BackendChoice, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence,
-    ConfigError, DeployError, Deployer, Detection, EventKind, Events, NewRelease, Outcome,
-    Platform, PlatformFailurePolicy, PublishError, PublishRequest, Published, Publisher, Release,
-    ReleaseCause, Revision, Source, SourceError, Stage,
+    ConfigError, DeployError, Deployer, Detection, EventKind, EventStream, Events, NewRelease,
+    Outcome, Platform, PlatformFailurePolicy, PublishError, PublishRequest, Published, Publisher,
+    Release, ReleaseCause, Revision, RuntimeError, Source, SourceError, Stage,
 };
 
 /// The error returned by [`PipelineBuilder::build`].
@@ -34,6 +34,9 @@ pub enum PipelineBuildError {
         /// The name.
         name: String,
     },
+    /// The pipeline is built on a tokio runtime that could not run it.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// One platform that failed to build.
@@ -50,6 +53,9 @@ pub struct PlatformFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineError {
+    /// The run is polled outside a tokio runtime with time and IO.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// The job needs a source, and the pipeline has none.
     #[error("this pipeline has no source, so it cannot build a pushed revision: add one with PipelineBuilder::source, or run the job on a build context")]
     NoSource,
@@ -60,9 +66,9 @@ pub enum PipelineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// No backend recognised the app.
-    #[error("no backend can build this app:\n{}\nadd the file your kind of app needs (go.mod, Dockerfile, spin.toml, Cargo.toml) or set backend = \"NAME\" in the [build] section of hephy.toml", list_detections(.detections))]
+    #[error("no backend can build this app:\n{}\nadd what one of the registered backends ({}) looks for, or set backend = \"NAME\" in the [build] section of hephy.toml", list_detections(.detections), list_backends(.detections))]
     NoBackend {
-        /// Every backend's answer.
+        /// Every backend's answer, in registration order.
         detections: Vec<Detection>,
     },
     /// `hephy.toml` names a backend that is not registered.
@@ -117,9 +123,10 @@ impl PipelineError {
     /// The stage the run failed in.
     pub fn stage(&self) -> Stage {
         match self {
-            PipelineError::NoSource | PipelineError::Source(_) | PipelineError::WorkDir { .. } => {
-                Stage::Source
-            }
+            PipelineError::Runtime(_)
+            | PipelineError::NoSource
+            | PipelineError::Source(_)
+            | PipelineError::WorkDir { .. } => Stage::Source,
             PipelineError::Config(_)
             | PipelineError::NoBackend { .. }
             | PipelineError::UnknownBackend { .. }
@@ -130,6 +137,27 @@ impl PipelineError {
             PipelineError::TimedOut { stage, .. } => *stage,
         }
     }
+}
+
+impl PipelineError {
+    /// Advice that names hephy's CLI (`run \`hephy apps create hello\``), for hephy's own tools
+    /// to show after the message (they print `MESSAGE (HINT)`); the message itself says what is
+    /// wrong and what to do in the library's words. An embedding program shows its own advice
+    /// instead, or none.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PipelineError::Source(e) => e.hint(),
+            PipelineError::Deploy(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+fn list_backends(d: &[Detection]) -> String {
+    d.iter()
+        .map(|d| d.backend.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn list_detections(d: &[Detection]) -> String {
@@ -220,6 +248,8 @@ impl Job {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Report {
+    /// The app.
+    pub app: AppName,
     /// The backend that built the app.
     pub backend: String,
     /// The revision built, if the job had one.
@@ -230,6 +260,26 @@ pub struct Report {
     pub release: Option<Release>,
     /// Platforms that failed but were skipped under `platform-failure = "publish-successful"`.
     pub skipped_platforms: Vec<Platform>,
+}
+
+/// The push summary: what was deployed (or published), and the image.
+///
+/// ```text
+/// -----> hello deployed as v3
+///        image: localhost:5000/hello:git-1a2b3c4
+/// ```
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.release {
+            Some(release) => writeln!(f, "-----> {} deployed as {}", self.app, release.version)?,
+            None => writeln!(
+                f,
+                "-----> {} built and published (this server does not deploy)",
+                self.app
+            )?,
+        }
+        writeln!(f, "       image: {}", self.published.reference)
+    }
 }
 
 /// Composes a [`Source`], [`Backend`]s, a [`Publisher`] and a [`Deployer`] into the run of one push,
@@ -362,6 +412,10 @@ impl PipelineBuilder {
     }
 
     /// The pipeline, or an error naming what is missing.
+    ///
+    /// Called inside a tokio runtime, it also checks that the runtime has time and IO enabled
+    /// ([`check_runtime`](crate::check_runtime)), which every run needs; outside any runtime the
+    /// run checks when it starts.
     pub fn build(self) -> Result<Pipeline, PipelineBuildError> {
         let publisher = self.publisher.ok_or(PipelineBuildError::NoPublisher)?;
         if self.backends.is_empty() {
@@ -376,6 +430,7 @@ impl PipelineBuilder {
             }
             names.push(b.name());
         }
+        runtime_usable()?;
         Ok(Pipeline {
             source: self.source,
             backends: self.backends,
@@ -384,6 +439,15 @@ impl PipelineBuilder {
             timeout: self.timeout,
             stage_timeouts: self.stage_timeouts,
         })
+    }
+}
+
+/// [`check_runtime`](crate::check_runtime), except that no runtime at all is fine: a builder may
+/// run before the runtime starts, and the async entry points check again.
+pub(crate) fn runtime_usable() -> Result<(), RuntimeError> {
+    match crate::check_runtime() {
+        Err(RuntimeError::NoRuntime) => Ok(()),
+        r => r,
     }
 }
 
@@ -472,6 +536,11 @@ impl Pipeline {
         self.backends.iter().map(|b| b.name()).collect()
     }
 
+    /// The source of pushed revisions, if the pipeline has one.
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
+        self.source.as_ref()
+    }
+
     /// The deployer, if the pipeline has one.
     pub fn deployer(&self) -> Option<&Arc<dyn Deployer>> {
         self.deployer.as_ref()
@@ -541,7 +610,11 @@ impl Pipeline {
 
     /// Runs `job`: materialize, choose a backend, build every platform at once, publish, and
     /// deploy when the job and pipeline allow.
+    ///
+    /// Needs a tokio runtime with time and IO enabled (`#[tokio::main]` has both); on any other
+    /// runtime or executor it returns [`PipelineError::Runtime`] before doing anything.
     pub async fn run(&self, job: Job, events: &Events) -> Result<Report, PipelineError> {
+        crate::check_runtime()?;
         let state = RunState {
             timed_out: AtomicBool::new(false),
             stage: std::sync::Mutex::new(Stage::Source),
@@ -565,6 +638,68 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Runs `job` with its events in a channel that ends when the run ends: the returned stream
+    /// yields every event and then `None` once the returned future has finished (or been
+    /// dropped), so a reader needs no other signal.
+    ///
+    /// The stream is [`Events::bounded`] by `capacity`: a backend's output that outruns the
+    /// reader waits for it. So read the stream while the run is polled, by spawning the run
+    /// (below) or joining both. The future is `'static` (it holds a clone of the pipeline, which
+    /// is cheap) and needs what [`Pipeline::run`] needs.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use hephy_core::*;
+    /// # struct Hello;
+    /// # #[async_trait]
+    /// # impl Backend for Hello {
+    /// #     fn name(&self) -> &str { "hello" }
+    /// #     async fn detect(&self, _: &BuildContext) -> Detection { Detection::yes("hello", Confidence::Low, "any") }
+    /// #     async fn build(&self, _: &BuildContext, t: &BuildTarget, ev: &Events) -> Result<BuiltImage, BuildError> {
+    /// #         ev.log("hello, build");
+    /// #         let d = Digest::sha256("a".repeat(64)).map_err(|e| BuildError::other("digest", e))?;
+    /// #         Ok(BuiltImage::new(Some(t.platform.clone()), &t.out_dir, d))
+    /// #     }
+    /// # }
+    /// # struct Shelf;
+    /// # #[async_trait]
+    /// # impl Publisher for Shelf {
+    /// #     async fn publish(&self, req: &PublishRequest, _: &Events) -> Result<Published, PublishError> {
+    /// #         let r: Reference = format!("localhost/{}:{}", req.app, req.tag).parse().map_err(|e| PublishError::other("reference", e))?;
+    /// #         Ok(Published::new(r, req.images[0].manifest.clone(), vec![], false))
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pipeline = Pipeline::builder().backend(Arc::new(Hello)).publisher(Arc::new(Shelf)).build()?;
+    /// # let dir = std::env::temp_dir().join("hephy-doc-streaming");
+    /// let job = Job::context("hello".parse()?, BuildContext::new(&dir, AppConfig::default()), &dir);
+    /// let (mut stream, run) = pipeline.run_streaming(job, 256);
+    /// let run = tokio::spawn(run);
+    /// while let Some(event) = stream.recv().await {
+    ///     println!("{}", event.render());
+    /// }
+    /// let report = run.await??;
+    /// print!("{report}");
+    /// # Ok(()) }
+    /// ```
+    pub fn run_streaming(
+        &self,
+        job: Job,
+        capacity: usize,
+    ) -> (
+        EventStream,
+        impl Future<Output = Result<Report, PipelineError>> + Send + 'static,
+    ) {
+        let (events, stream) = Events::bounded(capacity);
+        let pipeline = self.clone();
+        let run = async move {
+            // `events` lives in this future, so the stream ends when it does.
+            let events = events;
+            pipeline.run(job, &events).await
+        };
+        (stream, run)
     }
 
     async fn run_inner(
@@ -777,6 +912,7 @@ impl Pipeline {
         }
 
         Ok(Report {
+            app,
             backend: backend.name().to_owned(),
             revision,
             published,

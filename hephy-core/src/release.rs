@@ -48,6 +48,20 @@ impl ReleaseVersion {
     pub fn next(self) -> Self {
         ReleaseVersion(self.0.saturating_add(1))
     }
+
+    /// The number of the release that follows `latest`, the newest recorded one: `v1` when
+    /// there is none. A deployer's ledger numbers each new release with it.
+    ///
+    /// ```
+    /// use hephy_core::ReleaseVersion;
+    /// assert_eq!(ReleaseVersion::next_after(None), ReleaseVersion::FIRST);
+    /// let v3: ReleaseVersion = "v3".parse()?;
+    /// assert_eq!(ReleaseVersion::next_after(Some(v3)).to_string(), "v4");
+    /// # Ok::<(), hephy_core::ReleaseVersionError>(())
+    /// ```
+    pub fn next_after(latest: Option<ReleaseVersion>) -> Self {
+        latest.map_or(ReleaseVersion::FIRST, ReleaseVersion::next)
+    }
 }
 
 impl FromStr for ReleaseVersion {
@@ -108,7 +122,7 @@ pub enum ConfigVarError {
         name: String,
     },
     /// An unset names a variable that is not set.
-    #[error("config var {name} is not set, so it cannot be unset: list the set vars with `hephy config list`")]
+    #[error("config var {name} is not set, so it cannot be unset: check the name against the vars that are set")]
     NotSet {
         /// The name that is not set.
         name: String,
@@ -119,6 +133,19 @@ pub enum ConfigVarError {
         /// The text that was given.
         input: String,
     },
+}
+
+impl ConfigVarError {
+    /// Advice that names hephy's CLI, for hephy's own tools to show after the message (see
+    /// [`DeployError::hint`](crate::DeployError::hint)).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigVarError::NotSet { .. } => {
+                Some("list the set vars with `hephy config list`".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Names hephy sets in every app's environment; they cannot be set as config vars.

@@ -12,7 +12,7 @@ use crate::{AppName, BoxError, Events, Revision};
 #[non_exhaustive]
 pub enum SourceError {
     /// The app has no repository.
-    #[error("app {app} has no repository: create it first with `hephy apps create {app}`")]
+    #[error("app {app} has no repository: create the app before pushing to it")]
     UnknownApp {
         /// The app.
         app: AppName,
@@ -24,6 +24,14 @@ pub enum SourceError {
         app: AppName,
         /// The commit asked for.
         commit: String,
+    },
+    /// A name given to resolve (a branch, `HEAD`, a commit id) names no commit.
+    #[error("{name:?} names no commit in the repository of {app}: use HEAD, a branch such as main, a full ref name or a commit id of at least 4 hex digits")]
+    UnknownRevision {
+        /// The app.
+        app: AppName,
+        /// The name given.
+        name: String,
     },
     /// The source holds something that cannot be built safely.
     #[error("{problem}")]
@@ -51,6 +59,17 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// Advice that names hephy's CLI, for hephy's own tools to show after the message (see
+    /// [`PipelineError::hint`](crate::PipelineError::hint)).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SourceError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
+            _ => None,
+        }
+    }
+}
+
 /// Materializes a revision of an app's source into a directory, ready to build.
 ///
 /// The git implementation lives in `hephy-git`; the CLI's `hephy build` uses no source and
@@ -66,6 +85,13 @@ pub trait Source: Send + Sync {
         dest: &Path,
         events: &Events,
     ) -> Result<Revision, SourceError>;
+
+    /// The directory this source reads from, if it reads one: the data directory of a source of
+    /// per-app repositories. A push server checks it against its own, so a pipeline never
+    /// builds from another server's repositories. `None` (the default) when not applicable.
+    fn location(&self) -> Option<&Path> {
+        None
+    }
 }
 
 #[async_trait]
@@ -79,6 +105,10 @@ impl<T: Source + ?Sized> Source for Arc<T> {
     ) -> Result<Revision, SourceError> {
         (**self).materialize(app, revision, dest, events).await
     }
+
+    fn location(&self) -> Option<&Path> {
+        (**self).location()
+    }
 }
 
 #[async_trait]
@@ -91,5 +121,9 @@ impl<T: Source + ?Sized> Source for Box<T> {
         events: &Events,
     ) -> Result<Revision, SourceError> {
         (**self).materialize(app, revision, dest, events).await
+    }
+
+    fn location(&self) -> Option<&Path> {
+        (**self).location()
     }
 }

@@ -479,7 +479,7 @@ impl FluxDeployer {
         let snapshot = self.read(tip, &app).await?;
         let mut history = snapshot.releases.clone();
         let previous = history.last();
-        let version = previous.map_or(ReleaseVersion::FIRST, |p| p.version.next());
+        let version = ReleaseVersion::next_after(previous.map(|p| p.version));
         let release = new.into_release(version, manifests::release_time(), previous);
         if !self.plain_secrets && !release.config.is_empty() {
             let names: Vec<&str> = release.config.iter().map(|(k, _)| k).collect();

@@ -471,7 +471,7 @@ impl KubernetesDeployer {
         let conflict = |what: &str, e: kube::Error| {
             match &e {
             kube::Error::Api(s) if s.code == 409 => DeployError::other(
-                format!("another hephy instance recorded a release of {app} at the same time: look at `hephy releases` and deploy again"),
+                format!("another hephy instance recorded a release of {app} at the same time: look at the app's releases and deploy again"),
                 e,
             ),
             _ => api_error(&format!("write the release ledger {what} {name}"), e),
@@ -541,9 +541,7 @@ impl Deployer for KubernetesDeployer {
         let app = new.app.clone();
         let mut ledger = self.read_ledger(&app).await?;
         let previous = ledger.releases.last().cloned();
-        let version = previous
-            .as_ref()
-            .map_or(ReleaseVersion::FIRST, |p| p.version.next());
+        let version = ReleaseVersion::next_after(previous.as_ref().map(|p| p.version));
         let release = new.into_release(version, manifests::release_time(), previous.as_ref());
         let manifests = manifests::render(&release, &self.options)
             .map_err(|e| DeployError::other(format!("cannot deploy {version} of {app}"), e))?;

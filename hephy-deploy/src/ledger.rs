@@ -51,13 +51,13 @@ pub enum LedgerError {
         source: serde_json::Error,
     },
     /// The app has not been created.
-    #[error("unknown app {app}: create it first with `hephy apps create {app}`")]
+    #[error("unknown app {app}: create the app first")]
     UnknownApp {
         /// The app.
         app: AppName,
     },
     /// The app exists already.
-    #[error("app {app} already exists: choose another name, or destroy it first with `hephy apps destroy {app}`")]
+    #[error("app {app} already exists: choose another name, or destroy it first")]
     AppExists {
         /// The app.
         app: AppName,
@@ -72,6 +72,18 @@ pub enum LedgerError {
         /// The release.
         version: ReleaseVersion,
     },
+}
+
+impl LedgerError {
+    /// Advice that names hephy's CLI, for hephy's own tools to show after the message (see
+    /// [`hephy_core::PipelineError::hint`]).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LedgerError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
+            LedgerError::AppExists { app } => Some(format!("run `hephy apps destroy {app}`")),
+            _ => None,
+        }
+    }
 }
 
 impl From<LedgerError> for DeployError {
@@ -255,9 +267,9 @@ impl Ledger {
 
     /// The number the next release of `app` gets.
     pub fn next_version(&self, app: &AppName) -> Result<ReleaseVersion, LedgerError> {
-        Ok(self
-            .current(app)?
-            .map_or(ReleaseVersion::FIRST, |r| r.version.next()))
+        Ok(ReleaseVersion::next_after(
+            self.current(app)?.map(|r| r.version),
+        ))
     }
 
     /// Records `release` durably; an error if its number is taken.

@@ -44,7 +44,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn receive_error(e: &ReceiveError) -> Response {
+fn receive_error(server: &GitServer, e: &ReceiveError) -> Response {
     let status = match e {
         ReceiveError::UnknownApp { .. } => StatusCode::NOT_FOUND,
         ReceiveError::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -52,7 +52,7 @@ fn receive_error(e: &ReceiveError) -> Response {
         ReceiveError::Protocol { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    text(status, e.to_string())
+    text(status, server.inner().with_hint(e, e.hint()))
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -74,9 +74,14 @@ fn authenticate(server: &GitServer, headers: &HeaderMap) -> Result<User, Respons
             admin: false,
         });
     };
-    const HINT: &str = "authentication required: use your hephy user name and an API token as the password (create one with `hephy tokens create`)";
+    let inner = server.inner();
+    let token_hint = || Some("create one with `hephy tokens create`".to_owned());
+    let required = inner.with_hint(
+        "authentication required: use your user name and an API token as the password",
+        token_hint(),
+    );
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized(HINT));
+        return Err(unauthorized(&required));
     };
     let decoded = value
         .to_str()
@@ -89,13 +94,14 @@ fn authenticate(server: &GitServer, headers: &HeaderMap) -> Result<User, Respons
         })
         .and_then(|b| String::from_utf8(b).ok());
     let Some((name, token)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
-        return Err(unauthorized(HINT));
+        return Err(unauthorized(&required));
     };
     match accounts.authenticate_token(token) {
         Some(user) if user.name == name => Ok(user),
-        _ => Err(unauthorized(
-            "invalid user name or token: check the credentials git uses for this server (the password is an API token from `hephy tokens create`)",
-        )),
+        _ => Err(unauthorized(&inner.with_hint(
+            "invalid user name or token: check the credentials git uses for this server (the password is an API token)",
+            token_hint(),
+        ))),
     }
 }
 
@@ -166,7 +172,7 @@ async fn handle(State(server): State<GitServer>, req: Request) -> Response {
                     )
                         .into_response()
                 }
-                Err(e) => receive_error(&e),
+                Err(e) => receive_error(&server, &e),
             }
         }
         Action::ReceivePack => {
@@ -177,7 +183,7 @@ async fn handle(State(server): State<GitServer>, req: Request) -> Response {
                 );
             }
             if let Err(e) = receive::authorize(server.inner(), &user, &app) {
-                return receive_error(&e);
+                return receive_error(&server, &e);
             }
             let content_type = req.headers().get(header::CONTENT_TYPE);
             if content_type.is_some_and(|c| c != "application/x-git-receive-pack-request") {

@@ -32,6 +32,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Pipeline and runtime
+//!
+//! [`GitServerBuilder::pipeline_with`] gives the pipeline a [`GitSource`] on the server's own
+//! data directory; [`GitServerBuilder::build`] refuses a pipeline whose source reads another
+//! one, and a tokio runtime without time or IO (every push needs both; see
+//! [`hephy_core::check_runtime`]). Messages name no hephy CLI command unless the server is built
+//! with [`GitServerBuilder::cli_hints`], as hephy-server is.
+//!
 //! # Public dependencies
 //!
 //! [`GitServer::serve_http`] and [`GitServer::serve_ssh`] need no web or SSH crate of your own.

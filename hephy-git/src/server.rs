@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hephy_core::fs::{write_atomic, FileMode};
-use hephy_core::{AppName, Pipeline, Report};
+use hephy_core::{AppName, Pipeline, PipelineBuildError, PipelineBuilder, Report, RuntimeError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::{Accounts, AuthError, User};
@@ -51,6 +51,17 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     pub(crate) locks: PushLocks,
     pub(crate) url_hook: Option<UrlHook>,
+    pub(crate) cli_hints: bool,
+}
+
+impl Inner {
+    /// `message`, followed by `hint` when the server shows hephy's CLI advice.
+    pub(crate) fn with_hint(&self, message: impl fmt::Display, hint: Option<String>) -> String {
+        match hint {
+            Some(hint) if self.cli_hints => format!("{message} ({hint})"),
+            _ => message.to_string(),
+        }
+    }
 }
 
 /// The git push server: one bare repository per app under `<data_dir>/repos/<app>.git`, the
@@ -96,6 +107,23 @@ pub enum ServerBuildError {
     /// A setting is out of range.
     #[error("{0}")]
     Setting(String),
+    /// The server is built on a tokio runtime that could not serve pushes.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The pipeline given to [`GitServerBuilder::pipeline_with`] could not be built.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineBuildError),
+    /// The pipeline has no source, so no push could be built.
+    #[error("the pipeline has no source, so no push to the deploy branch could be built: build it with GitServerBuilder::pipeline_with, which gives it a GitSource on the server's data directory")]
+    NoSource,
+    /// The pipeline's source reads another directory than the server's data directory.
+    #[error("the pipeline's source reads {}, not this server's data directory {}, so pushes would build other repositories than the pushed ones: build the pipeline with GitServerBuilder::pipeline_with, which gives it a GitSource on the server's data directory", source_dir.display(), data_dir.display())]
+    ForeignSource {
+        /// What the source reads.
+        source_dir: PathBuf,
+        /// The server's data directory.
+        data_dir: PathBuf,
+    },
 }
 
 /// The error returned by [`GitServer::create_app`], [`GitServer::delete_app`] and
@@ -110,7 +138,7 @@ pub enum AppError {
         app: AppName,
     },
     /// The app has no repository.
-    #[error("app {app} does not exist: create it first with `hephy apps create {app}`")]
+    #[error("app {app} does not exist: create it first")]
     Unknown {
         /// The app.
         app: AppName,
@@ -142,6 +170,17 @@ pub enum AppError {
     Accounts(#[from] AuthError),
 }
 
+impl AppError {
+    /// Advice that names hephy's CLI, for hephy's own tools to show after the message (see
+    /// [`hephy_core::PipelineError::hint`]).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            AppError::Unknown { app } => Some(format!("run `hephy apps create {app}`")),
+            _ => None,
+        }
+    }
+}
+
 /// The shortest `max_ref_update_bytes` the builder accepts: two ids, a short ref name and the
 /// capabilities git sends.
 const MIN_REF_UPDATE_BYTES: usize = 512;
@@ -156,6 +195,8 @@ const MIN_REF_UPDATE_BYTES: usize = 512;
 pub struct GitServerBuilder {
     data_dir: PathBuf,
     pipeline: Option<Arc<Pipeline>>,
+    pipeline_builder: Option<PipelineBuilder>,
+    cli_hints: bool,
     accounts: Option<Accounts>,
     deploy_branch: String,
     max_push_bytes: u64,
@@ -179,8 +220,58 @@ impl fmt::Debug for GitServerBuilder {
 impl GitServerBuilder {
     /// The pipeline run for pushes to the deploy branch. Without one, pushes only update refs
     /// (for benchmarks and mirrors).
+    ///
+    /// Its source must read this server's repositories: a [`GitSource`] on the same data
+    /// directory, or a source of your own whose [`location`](hephy_core::Source::location) is
+    /// `None`. [`build`](GitServerBuilder::build) refuses anything else. The simpler way is
+    /// [`GitServerBuilder::pipeline_with`], which supplies the source.
     pub fn pipeline(mut self, pipeline: Arc<Pipeline>) -> Self {
         self.pipeline = Some(pipeline);
+        self.pipeline_builder = None;
+        self
+    }
+
+    /// The pipeline run for pushes to the deploy branch, from a builder that `pipeline` gets
+    /// with the [`GitSource`] of this server's repositories; [`build`](GitServerBuilder::build)
+    /// builds it and returns its errors.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use hephy_core::*;
+    /// # struct Echo;
+    /// # #[async_trait]
+    /// # impl Backend for Echo {
+    /// #     fn name(&self) -> &str { "echo" }
+    /// #     async fn detect(&self, _: &BuildContext) -> Detection { Detection::yes("echo", Confidence::Low, "any") }
+    /// #     async fn build(&self, _: &BuildContext, _: &BuildTarget, _: &Events) -> Result<BuiltImage, BuildError> { unimplemented!() }
+    /// # }
+    /// use hephy_git::GitServer;
+    /// use hephy_oci::OciLayoutPublisher;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let data = tempfile::tempdir()?;
+    /// let images = data.path().join("images");
+    /// let server = GitServer::builder(data.path())
+    ///     .pipeline_with(|source| {
+    ///         Pipeline::builder()
+    ///             .source(Arc::new(source))
+    ///             .backend(Arc::new(Echo))
+    ///             .publisher(Arc::new(OciLayoutPublisher::new(images)))
+    ///     })
+    ///     .build()?;
+    /// # let _ = server; Ok(()) }
+    /// ```
+    pub fn pipeline_with(mut self, pipeline: impl FnOnce(GitSource) -> PipelineBuilder) -> Self {
+        self.pipeline_builder = Some(pipeline(GitSource::new(&self.data_dir)));
+        self.pipeline = None;
+        self
+    }
+
+    /// Shows pushers the advice of hephy's own CLI (`hephy apps create hello`, `hephy tokens
+    /// create`) after the messages that have some (the errors' `hint()`), as hephy-server does.
+    /// Off by default: the users of an embedding program have no hephy CLI.
+    pub fn cli_hints(mut self, show: bool) -> Self {
+        self.cli_hints = show;
         self
     }
 
@@ -255,7 +346,16 @@ impl GitServerBuilder {
     }
 
     /// The server, with its data directory created.
+    ///
+    /// Refuses a pipeline whose source reads another directory than the data directory, and,
+    /// called inside a tokio runtime, a runtime without time or IO
+    /// ([`hephy_core::check_runtime`]): serving pushes needs both. Outside any runtime (to
+    /// manage apps, or before the runtime starts) it builds, and each push session checks.
     pub fn build(self) -> Result<GitServer, ServerBuildError> {
+        match hephy_core::check_runtime() {
+            Ok(()) | Err(RuntimeError::NoRuntime) => {}
+            Err(e) => return Err(e.into()),
+        }
         let branch = self.deploy_branch;
         let deploy_ref = format!("refs/heads/{branch}");
         if branch.is_empty()
@@ -291,12 +391,27 @@ impl GitServerBuilder {
             path: repos.root().to_owned(),
             source,
         })?;
+        let pipeline = match self.pipeline_builder {
+            Some(builder) => Some(Arc::new(builder.build()?)),
+            None => self.pipeline,
+        };
+        if let Some(pipeline) = &pipeline {
+            let source = pipeline.source().ok_or(ServerBuildError::NoSource)?;
+            if let Some(dir) = source.location() {
+                if resolved(dir) != resolved(&self.data_dir) {
+                    return Err(ServerBuildError::ForeignSource {
+                        source_dir: dir.to_owned(),
+                        data_dir: self.data_dir,
+                    });
+                }
+            }
+        }
         Ok(GitServer {
             inner: Arc::new(Inner {
                 locks: PushLocks::new(&self.data_dir),
                 data_dir: self.data_dir,
                 repos,
-                pipeline: self.pipeline,
+                pipeline,
                 accounts: self.accounts,
                 deploy_branch: branch,
                 deploy_ref,
@@ -311,9 +426,18 @@ impl GitServerBuilder {
                     count_bytes: self.max_push_bytes,
                 },
                 url_hook: self.url_hook,
+                cli_hints: self.cli_hints,
             }),
         })
     }
+}
+
+/// `path` with symlinks resolved when it exists, so two spellings of one directory compare
+/// equal.
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
 }
 
 impl GitServer {
@@ -322,6 +446,8 @@ impl GitServer {
         GitServerBuilder {
             data_dir: data_dir.into(),
             pipeline: None,
+            pipeline_builder: None,
+            cli_hints: false,
             accounts: None,
             deploy_branch: "main".to_owned(),
             max_push_bytes: DEFAULT_MAX_PUSH_BYTES,
@@ -359,7 +485,9 @@ impl GitServer {
         self.inner.repos.path(app)
     }
 
-    /// A [`Source`](hephy_core::Source) reading this server's repositories, for the pipeline.
+    /// A [`Source`](hephy_core::Source) reading this server's repositories, to
+    /// [resolve](GitSource::resolve) names to revisions; a pipeline gets its own from
+    /// [`GitServerBuilder::pipeline_with`].
     pub fn source(&self) -> GitSource {
         GitSource::new(&self.inner.data_dir)
     }
@@ -424,6 +552,9 @@ impl GitServer {
     /// The app must exist and, with accounts, the user must be allowed to push to it; otherwise
     /// the client gets an `ERR` line and this returns the error. When writing to `output` fails
     /// (the client went away), a running build is cancelled.
+    ///
+    /// Needs a tokio runtime with time and IO enabled (`#[tokio::main]` has both); on any other
+    /// it returns [`ReceiveError::Runtime`] before reading or sending anything.
     pub async fn receive_pack<R, W>(
         &self,
         user: &User,
@@ -443,6 +574,9 @@ impl GitServer {
     /// value of `GIT_PROTOCOL` (SSH's environment) or the `Git-Protocol` header: `version=1`
     /// starts the advertisement with `version 1`; anything else (`version=2` included, which
     /// git does not use for pushes) gets protocol v0.
+    ///
+    /// Needs a tokio runtime with time and IO enabled (`#[tokio::main]` has both); on any other
+    /// it returns [`ReceiveError::Runtime`] before reading or sending anything.
     pub async fn receive_pack_with_protocol<R, W>(
         &self,
         user: &User,
@@ -462,6 +596,9 @@ impl GitServer {
 
     /// Serves the request half of a stateless (smart HTTP) receive-pack session: `input` holds
     /// the commands and the pack, `output` gets the report.
+    ///
+    /// Needs a tokio runtime with time and IO enabled (`#[tokio::main]` has both); on any other
+    /// it returns [`ReceiveError::Runtime`] before reading or sending anything.
     pub async fn receive_pack_stateless<R, W>(
         &self,
         user: &User,

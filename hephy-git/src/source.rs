@@ -16,6 +16,11 @@ use crate::repo::Repos;
 /// A [`Source`] that writes the tree of a commit of an app's repository into a directory: no
 /// `.git`, symlinks kept as symlinks, executable bits kept, submodules left out (with a warning).
 ///
+/// A push server gives its pipeline one on its own data directory
+/// ([`GitServerBuilder::pipeline_with`](crate::GitServerBuilder::pipeline_with)); to build
+/// a commit outside a push, [`GitSource::resolve`] turns `HEAD`, a branch or a commit id into
+/// the [`Revision`] a [`Job`](hephy_core::Job) takes.
+///
 /// ```
 /// use hephy_git::GitSource;
 /// let source = GitSource::new("/var/lib/hephy");
@@ -28,8 +33,8 @@ pub struct GitSource {
 
 #[derive(Debug, Clone)]
 enum Location {
-    /// One bare repository per app, as the server keeps them.
-    Repos(Repos),
+    /// One bare repository per app, as the server keeps them, under a data directory.
+    Repos(PathBuf, Repos),
     /// One repository (bare or a checkout) for every app, as `hephy build` reads a CI checkout.
     Repository(PathBuf),
 }
@@ -37,9 +42,80 @@ enum Location {
 impl GitSource {
     /// A source for the repositories under `<data_dir>/repos`.
     pub fn new(data_dir: impl AsRef<Path>) -> Self {
+        let data_dir = data_dir.as_ref();
         GitSource {
-            location: Location::Repos(Repos::new(data_dir.as_ref())),
+            location: Location::Repos(data_dir.to_owned(), Repos::new(data_dir)),
         }
+    }
+
+    /// The repository `app` is read from.
+    fn repo_dir(&self, app: &AppName) -> Result<PathBuf, SourceError> {
+        match &self.location {
+            Location::Repos(_, repos) if !repos.exists(app) => {
+                Err(SourceError::UnknownApp { app: app.clone() })
+            }
+            Location::Repos(_, repos) => Ok(repos.path(app)),
+            Location::Repository(path) => Ok(path.clone()),
+        }
+    }
+
+    /// The commit `name` names in the repository of `app`: `HEAD`, a branch (`main`), a tag, a
+    /// full ref name (`refs/heads/main`), or a commit id, full or abbreviated to at least 4 hex
+    /// digits. The revision carries the full ref name when `name` is (or `HEAD` points to) a
+    /// ref; [`Source::materialize`] fills in the author, message and time.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hephy_core::Job;
+    /// let source = hephy_git::GitSource::new("/var/lib/hephy");
+    /// let app = "hello".parse()?;
+    /// let revision = source.resolve(&app, "main")?;
+    /// let job = Job::push(app, revision, "/tmp/hephy-work");
+    /// # let _ = job; Ok(()) }
+    /// ```
+    pub fn resolve(&self, app: &AppName, name: &str) -> Result<Revision, SourceError> {
+        let unknown = || SourceError::UnknownRevision {
+            app: app.clone(),
+            name: name.to_owned(),
+        };
+        let repo = crate::repo::open_isolated(&self.repo_dir(app)?)
+            .map_err(|e| other(format!("cannot open the repository of {app}"), e))?;
+        // Refs first, as git does: a branch named like a commit prefix is that branch.
+        let by_ref = if name == "HEAD" {
+            let head = repo
+                .head()
+                .map_err(|e| other(format!("cannot read HEAD of {app}"), e))?;
+            let ref_name = head.referent_name().map(|n| n.as_bstr().to_string());
+            match head.id() {
+                Some(id) => Some((id.detach(), ref_name)),
+                None => return Err(unknown()),
+            }
+        } else if name.is_empty() || name.starts_with('-') {
+            return Err(unknown());
+        } else {
+            match repo.try_find_reference(name) {
+                Ok(Some(mut r)) => {
+                    let full = r.name().as_bstr().to_string();
+                    let id = r.peel_to_id().map_err(|_| unknown())?.detach();
+                    Some((id, Some(full)))
+                }
+                Ok(None) | Err(_) => None,
+            }
+        };
+        let (id, ref_name) = match by_ref {
+            Some(found) => found,
+            None => (object_id(&repo, name).ok_or_else(unknown)?, None),
+        };
+        let commit = repo
+            .find_object(id)
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok())
+            .ok_or_else(unknown)?;
+        let revision = Revision::new(commit.id.to_string());
+        Ok(match ref_name {
+            Some(r) => revision.with_ref_name(r),
+            None => revision,
+        })
     }
 
     /// A source that reads every app from the one repository at `path` (bare, or a checkout's
@@ -60,13 +136,7 @@ impl Source for GitSource {
         dest: &Path,
         events: &Events,
     ) -> Result<Revision, SourceError> {
-        let path = match &self.location {
-            Location::Repos(repos) if !repos.exists(app) => {
-                return Err(SourceError::UnknownApp { app: app.clone() });
-            }
-            Location::Repos(repos) => repos.path(app),
-            Location::Repository(path) => path.clone(),
-        };
+        let path = self.repo_dir(app)?;
         let app = app.clone();
         let revision = revision.clone();
         let dest = dest.to_owned();
@@ -78,6 +148,28 @@ impl Source for GitSource {
                 source: None,
             })?
     }
+
+    /// The data directory for [`GitSource::new`], the repository for
+    /// [`GitSource::repository`].
+    fn location(&self) -> Option<&Path> {
+        Some(match &self.location {
+            Location::Repos(data_dir, _) => data_dir,
+            Location::Repository(path) => path,
+        })
+    }
+}
+
+/// The object a full or abbreviated (4 to 40 hex digits) commit id names, if exactly one.
+fn object_id(repo: &gix::Repository, hex: &str) -> Option<ObjectId> {
+    if !(4..=40).contains(&hex.len()) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    if hex.len() == 40 {
+        return ObjectId::from_hex(hex.as_bytes()).ok();
+    }
+    let prefix = gix::hash::Prefix::from_hex(hex).ok()?;
+    // `Err(())` inside is an ambiguous prefix: more than one object starts with it.
+    repo.objects.lookup_prefix(prefix, None).ok()??.ok()
 }
 
 fn other(message: String, source: impl std::error::Error + Send + Sync + 'static) -> SourceError {

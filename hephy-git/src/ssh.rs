@@ -145,6 +145,8 @@ impl SshServer {
 
     /// Serves SSH connections from `listener` until accepting fails. Each connection runs in
     /// its own task; dropping this future stops accepting new ones.
+    /// Needs a tokio runtime with time and IO enabled (`#[tokio::main]` has both): each push
+    /// session refuses any other with [`ReceiveError::Runtime`].
     pub async fn run(&self, listener: TcpListener) -> Result<(), SshError> {
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);

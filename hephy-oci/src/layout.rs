@@ -10,7 +10,7 @@ use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hephy_core::Digest;
+use hephy_core::{BuildError, Digest};
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -64,6 +64,14 @@ pub enum LayoutError {
         /// The digest text.
         digest: String,
     },
+}
+
+/// A backend that writes its image into an [`OciLayout`] can use `?` on the layout's errors;
+/// the layout error stays the source, for callers that look at it.
+impl From<LayoutError> for BuildError {
+    fn from(e: LayoutError) -> Self {
+        BuildError::other(e.to_string(), e)
+    }
 }
 
 impl LayoutError {

@@ -18,7 +18,7 @@ use hephy_core::{
     async_trait, AppName, Backend, BuildContext, BuildError, BuildTarget, BuiltImage, Confidence,
     DeployError, Deployer, Detection, Events, NewRelease, Pipeline, Release, ReleaseVersion,
 };
-use hephy_git::{GitServer, GitSource};
+use hephy_git::GitServer;
 use hephy_oci::image::ImageBuilder;
 use hephy_oci::layout::OciLayout;
 use hephy_oci::OciLayoutPublisher;
@@ -52,15 +52,13 @@ impl Backend for ShipFiles {
         events: &Events,
     ) -> Result<BuiltImage, BuildError> {
         events.log(format!("shipping the files for {}", target.platform));
-        let layout = OciLayout::create(&target.out_dir)
-            .map_err(|e| BuildError::other("cannot create the image layout", e))?;
+        let layout = OciLayout::create(&target.out_dir)?;
         let image = ImageBuilder::for_context(ctx, target.platform.clone())
             .dir(ctx.dir(), "srv")
             .workdir("/srv")
             .entrypoint(["/srv/start"])
             .write(&layout, None)
-            .await
-            .map_err(|e| BuildError::other("cannot write the image", e))?;
+            .await?;
         let platform = Some(target.platform.clone());
         Ok(BuiltImage::new(platform, &target.out_dir, image.digest))
     }
@@ -78,7 +76,7 @@ impl Deployer for Shelf {
         let mut all = self.releases.lock().await;
         let releases = all.entry(new.app.clone()).or_default();
         let current = releases.last();
-        let version = current.map_or(ReleaseVersion::FIRST, |r| r.version.next());
+        let version = ReleaseVersion::next_after(current.map(|r| r.version));
         let release = new.into_release(version, SystemTime::now(), current);
         println!(
             "released {} {} {}",
@@ -107,15 +105,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // No accounts: anyone who reaches the address may push, so keep it on loopback.
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7070".into());
 
-    // The source must read the repositories of the push server's data directory.
-    let pipeline = Pipeline::builder()
-        .source(Arc::new(GitSource::new(&data)))
-        .backend(Arc::new(ShipFiles))
-        .publisher(Arc::new(OciLayoutPublisher::new(data.join("images"))))
-        .deployer(Arc::new(Shelf::default()))
-        .build()?;
+    // The push server gives the pipeline the source that reads its repositories.
+    let images = data.join("images");
     let server = GitServer::builder(&data)
-        .pipeline(Arc::new(pipeline))
+        .pipeline_with(|source| {
+            Pipeline::builder()
+                .source(Arc::new(source))
+                .backend(Arc::new(ShipFiles))
+                .publisher(Arc::new(OciLayoutPublisher::new(images)))
+                .deployer(Arc::new(Shelf::default()))
+        })
         .build()?;
     let app: AppName = "hello".parse()?;
     if !server.apps()?.contains(&app) {

@@ -77,8 +77,17 @@ async fn a_git_push_reaches_the_custom_deployer() -> Result {
         !pushed,
         "a push the backend cannot build was accepted:\n{stderr}"
     );
-    let reason = "no start script: add an executable file named start";
-    assert!(stderr.contains(reason), "{reason:?} is not in:\n{stderr}");
+    // The refusal names this platform's backend only, and no hephy CLI.
+    for reason in [
+        "no start script: add an executable file named start",
+        "add what one of the registered backends (ship) looks for",
+    ] {
+        assert!(stderr.contains(reason), "{reason:?} is not in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("`hephy "),
+        "hephy's CLI advice leaked:\n{stderr}"
+    );
 
     for (n, content) in ["#!/bin/sh\necho one\n", "#!/bin/sh\necho two\n"]
         .into_iter()
@@ -101,6 +110,7 @@ async fn a_git_push_reaches_the_custom_deployer() -> Result {
         for log in [
             "shipping the files for",
             &format!("{version} is on the shelf"),
+            &format!("-----> hello deployed as {version}"),
         ] {
             assert!(
                 push.contains(log),

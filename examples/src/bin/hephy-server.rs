@@ -84,6 +84,23 @@ struct Args {
     /// everyone who can push may run code as root on this machine.
     #[arg(long)]
     unsafe_no_build_sandbox: bool,
+    /// A registry (`host[:port]`, or `host[:port]/path`) whose images `hephy deploy --image` may
+    /// name, pulled with this server's credentials; repeat it or separate with commas. Without it,
+    /// only images of apps the caller may push to are deployed.
+    #[arg(long, env = "HEPHY_ALLOW_IMAGE_REGISTRY", value_delimiter = ',')]
+    allow_image_registry: Vec<String>,
+    /// Where the local deployer's routers run.
+    #[arg(long, env = "HEPHY_ROUTER", value_enum, default_value_t = RouterMode::Process)]
+    router: RouterMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouterMode {
+    /// `hephy-router`, a process of its own that apps' traffic goes through while this server
+    /// stops, crashes or is replaced (started when none runs).
+    Process,
+    /// Routers inside this server: apps are unreachable while it is down, and stopped with it.
+    Embedded,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -159,7 +176,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 )?),
                 None => None,
             };
-            Some(runtime::local_deployer(&data, &images, registry, &log).await?)
+            let router = match args.router {
+                RouterMode::Process => Some(runtime::ensure_router(&data).await?),
+                RouterMode::Embedded => None,
+            };
+            Some(runtime::local_deployer(&data, &images, registry, router, &log).await?)
         }
         _ => None,
     };
@@ -204,6 +225,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let url_runtime = local.clone();
     let git = GitServer::builder(&data)
         .pipeline(pipeline)
+        // hephy's own users have hephy's CLI: show its advice after the messages.
+        .cli_hints(true)
         .accounts(accounts.clone())
         .deploy_branch(args.deploy_branch.clone())
         .build_timeout(args.build_timeout)
@@ -218,6 +241,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(l) = &local {
         state = state.with_runtime(l.clone());
     }
+    state = state.with_image_policy(publisher::image_policy(
+        args.registry.as_deref(),
+        &args.allow_image_registry,
+    ));
     if !args.no_ssh {
         state = state.with_ssh(format!("ssh://git@{}", args.ssh));
     }
@@ -261,8 +288,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(s) = ssh {
         s.abort();
     }
-    if let Some(l) = local {
-        // Running containers are brought back by the next start.
+    if let (Some(l), RouterMode::Embedded) = (local, args.router) {
+        // Running containers are brought back by the next start. With the router process, apps
+        // keep serving through it while this server is down, and the next start adopts them.
         if let Err(e) = l.shutdown().await {
             eprintln!("hephy-server: shutting down the local deployer: {e}");
         }

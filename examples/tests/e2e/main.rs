@@ -3,6 +3,7 @@
 
 mod attacks;
 mod cli;
+mod dataplane;
 mod push;
 mod support;
 

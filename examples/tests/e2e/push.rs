@@ -298,6 +298,23 @@ fn scenario(server: &Server, registry: &TestRegistry, home: &Path, tmp: &Path) -
         "hephy build gave {built_ref}, the server built {v2_image}"
     );
 
+    // An image deploy names an image of an app the caller may push to; any other registry is
+    // refused, naming the admin's flag.
+    let deployed = run(hephy(home).args(["deploy", "--image", &built_ref, "--app", APP]))?;
+    assert!(
+        String::from_utf8_lossy(&deployed.stdout).contains("v5"),
+        "{deployed:?}"
+    );
+    let foreign = format!("registry.example/private/db@sha256:{}", "1".repeat(64));
+    let refused = hephy(home)
+        .args(["deploy", "--image", &foreign, "--app", APP])
+        .output()?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--allow-image-registry registry.example"),
+        "{err}"
+    );
+
     // The build log of the last push is kept.
     let log = run(hephy(home).args(["logs", "--build", "--app", APP]))?;
     assert!(String::from_utf8_lossy(&log.stdout).contains("[linux/amd64]"));

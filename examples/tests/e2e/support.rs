@@ -20,6 +20,9 @@ pub struct Server {
     pub data: PathBuf,
     pub token: String,
     log: PathBuf,
+    /// Whether dropping it removes its apps' containers and router (not when it was stopped
+    /// with [`Server::stop_keeping_apps`], for a restart to adopt them).
+    cleanup: bool,
 }
 
 impl Server {
@@ -29,6 +32,17 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables for the server process.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Server> {
+        Self::start_program(env!("CARGO_BIN_EXE_hephy-server").as_ref(), dir, extra, env)
+    }
+
+    /// [`Server::start_with_env`] with another hephy-server binary (a copy, as an upgrade
+    /// replaces it).
+    pub fn start_program(
+        program: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server> {
         use std::os::unix::fs::PermissionsExt;
 
         // Apps run as unprivileged host users, who must pass through to the data directory.
@@ -37,7 +51,7 @@ impl Server {
         let data = dir.join("data");
         let (http, ssh) = (free_addr()?, free_addr()?);
         let log = dir.join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_hephy-server"))
+        let child = Command::new(program)
             .args(["--data-dir".as_ref(), data.as_os_str()])
             .args(["--http", &http.to_string(), "--ssh", &ssh.to_string()])
             .args(extra)
@@ -54,6 +68,7 @@ impl Server {
             data,
             token: String::new(),
             log,
+            cleanup: true,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -89,6 +104,15 @@ impl Server {
         )
     }
 
+    /// Stops the server with `signal` (`TERM`, `KILL`) and waits for its end, leaving its apps
+    /// and router running for the next server on the same data directory.
+    pub fn stop_keeping_apps(mut self, signal: &str) -> Result<()> {
+        self.cleanup = false;
+        run(Command::new("kill").args(["-s", signal, &self.child.id().to_string()]))?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Stops the server as a crash would (SIGKILL).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -98,7 +122,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // A clean stop lets the local deployer stop its router; containers are cleaned below.
+        if !self.cleanup {
+            // Stopped already; its apps and router are the next server's.
+            return;
+        }
+        // Apps outlive the server (the router is a process of its own): both are removed below.
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
@@ -110,26 +138,59 @@ impl Drop for Server {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.kill();
-        // Remove the containers this server's apps ran (test apps are named e2e-*).
-        for id in list_containers() {
-            if id.starts_with("hephy-e2e") {
-                let _ = Command::new("runc").args(["delete", "-f", &id]).status();
-            }
+        // Remove the containers this server's apps ran, and only those: other tests' servers run
+        // at the same time, with containers on the same runc (deleting theirs made their apps
+        // give empty replies).
+        for id in containers_under(&self.data) {
+            let _ = Command::new("runc").args(["delete", "-f", &id]).status();
         }
+        // The router process and the containers' pasta name the data directory.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.data.as_os_str())
+            .status();
     }
 }
 
-fn list_containers() -> Vec<String> {
+/// The process ids of the runc containers whose bundle lies under `dir`, by container.
+pub fn container_pids(dir: &Path) -> std::collections::BTreeMap<String, u32> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        id: String,
+        bundle: PathBuf,
+        pid: u32,
+    }
     Command::new("runc")
-        .args(["list", "-q"])
+        .args(["list", "--format", "json"])
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Option<Vec<Listed>>>(&o.stdout).ok())
+        .flatten()
         .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.bundle.starts_with(dir))
+        .map(|c| (c.id, c.pid))
+        .collect()
+}
+
+/// The runc containers whose bundle lies under `dir`.
+fn containers_under(dir: &Path) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        id: String,
+        bundle: PathBuf,
+    }
+    Command::new("runc")
+        .args(["list", "--format", "json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Option<Vec<Listed>>>(&o.stdout).ok())
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.bundle.starts_with(dir))
+        .map(|c| c.id)
+        .collect()
 }
 
 /// Runs a command, failing with its output when it fails.

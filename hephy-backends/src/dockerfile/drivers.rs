@@ -10,8 +10,11 @@ use hephy_core::{BuildContext, BuildError, BuildTarget, Digest, Events};
 use serde::Deserialize;
 
 use super::{DockerfileBackend, Plan, ResolvedSettings};
+use crate::build_env::built_tree;
 use crate::check::find_program;
 use crate::exec::{self, ExecError};
+use crate::paths;
+use crate::sandbox::{BuildUser, BUILD_USERNS_SIZE};
 
 /// The first buildah release that understands heredocs (`RUN <<EOF`).
 pub(super) const BUILDAH_HEREDOC_VERSION: (u32, u32) = (1, 33);
@@ -137,6 +140,11 @@ impl DockerfileBackend {
         target: &BuildTarget,
         events: &Events,
     ) -> Result<(), BuildError> {
+        if self.env.sandbox().is_some() {
+            return self
+                .build_buildah_sandboxed(ctx, plan, program, target, events)
+                .await;
+        }
         let setup = self.buildah_setup(program).await?;
         events.log(format!(
             "buildah: storage {} ({} driver), {} isolation",
@@ -225,6 +233,148 @@ impl DockerfileBackend {
         Ok(())
     }
 
+    /// buildah in the build sandbox, as root of a user namespace of its own (see
+    /// [`BuildUser::NamespaceRoot`]): a per-app `vfs` store, `RUN` steps with chroot isolation
+    /// inside the sandbox, a copy of the repository as the context, and the image written into
+    /// the sandbox's work directory, checked, then moved to `target.out_dir`.
+    async fn build_buildah_sandboxed(
+        &self,
+        ctx: &BuildContext,
+        plan: &Plan,
+        program: &Path,
+        target: &BuildTarget,
+        events: &Events,
+    ) -> Result<(), BuildError> {
+        let user = BuildUser::NamespaceRoot;
+        let store = self.env.app_cache_as("buildah-vfs", ctx, user)?;
+        let work = target.out_dir.join(".hephy-dockerfile");
+        self.env.work_dir_as(&work, user)?;
+        let _cleanup = RemoveOnDrop(work.clone());
+        self.env
+            .copy_tree_as(ctx.dir(), &work.join("context"), user)?;
+        for d in ["image", "tmp"] {
+            self.env.work_dir_as(&work.join(d), user)?;
+        }
+        if let Some(sandbox) = self.env.sandbox() {
+            let base = sandbox.policy().host_uid(user);
+            events.log(format!(
+                "buildah: storage {} (vfs driver), chroot isolation, in the build sandbox as root of a user namespace (host uids {base} to {})",
+                store.display(),
+                u64::from(base) + u64::from(BUILDAH_IDS_LAST),
+            ));
+        }
+        let in_context = |p: &Path| Path::new("/work/context").join(paths::relative(ctx.dir(), p));
+        let tag = format!(
+            "localhost/hephy-build/{}:{}",
+            short_hash(&ctx.dir().display().to_string()),
+            target.platform.slug()
+        );
+        let epoch = ctx
+            .source_date_epoch()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let command = |network: bool| {
+            let mut cmd = self.env.command(program);
+            let buildah = if program.starts_with("/usr") {
+                program.to_path_buf()
+            } else {
+                cmd.ro(program, "/opt/buildah/buildah")
+            };
+            cmd.rw(&work, "/work");
+            cmd.rw(&store, "/store");
+            // buildah writes layers to /var/tmp whatever TMPDIR says.
+            cmd.rw(&work.join("tmp"), "/var/tmp");
+            // registries.conf and policy.json, which buildah needs to pull any base.
+            if Path::new("/etc/containers").is_dir() {
+                cmd.ro(Path::new("/etc/containers"), "/etc/containers");
+            }
+            cmd.user(user)
+                .program(buildah)
+                .cwd("/work/context")
+                .args(["--root", "/store/storage", "--runroot", "/store/run"])
+                .args(["--storage-driver", "vfs"])
+                .env("TMPDIR", "/var/tmp")
+                .env("BUILDAH_ISOLATION", "chroot")
+                .network(network);
+            cmd
+        };
+
+        let mut build = command(ctx.config().build.network);
+        build
+            .arg("build")
+            .arg("--format")
+            .arg("oci")
+            .arg("--platform")
+            .arg(target.platform.to_string())
+            .arg("--layers")
+            .arg("--isolation")
+            .arg("chroot")
+            .arg("--timestamp")
+            .arg(epoch.to_string())
+            .arg("-f")
+            .arg(in_context(&plan.file))
+            .arg("-t")
+            .arg(&tag);
+        if let Some(t) = &plan.settings.target {
+            build.arg("--target").arg(t);
+        }
+        for (k, v) in &plan.settings.args {
+            build.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        for (k, v) in &plan.settings.labels {
+            build.arg("--label").arg(format!("{k}={v}"));
+        }
+        if plan.settings.squash {
+            build.arg("--squash");
+        }
+        build.arg(in_context(&plan.context));
+        build.envs(ctx.config().build.env.clone());
+        self.env
+            .exec(build, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| run_failed("buildah build", e, "the Dockerfile build failed"))?;
+
+        let slug = target.platform.slug();
+        let mut push = command(false);
+        push.arg("push")
+            .arg("--format")
+            .arg("oci")
+            .arg(&tag)
+            .arg(format!("oci:/work/image:{slug}"));
+        self.env
+            .exec(push, events, exec::TAIL_LINES)
+            .await
+            .map_err(|e| run_failed("buildah push", e, "writing the built image failed"))?;
+
+        // The image now lives in the layout; drop the tag so the store does not collect one
+        // image per build directory. Cached layers stay, for the next build of this app.
+        let mut rmi = command(false);
+        rmi.arg("rmi").arg(&tag);
+        if let Err(e) = self.env.exec(rmi, &Events::discard(), 5).await {
+            events.warn(format!("could not untag {tag} in buildah's store: {e}"));
+        }
+
+        // Written by the build's user: only files and directories are taken, then moved
+        // into place.
+        let image = work.join("image");
+        built_tree(&image, "buildah push")?;
+        for entry in std::fs::read_dir(&image)
+            .map_err(|e| BuildError::other("buildah push wrote no image layout", e))?
+        {
+            let entry =
+                entry.map_err(|e| BuildError::other("buildah push wrote no image layout", e))?;
+            let to = target.out_dir.join(entry.file_name());
+            std::fs::rename(entry.path(), &to).map_err(|e| {
+                BuildError::other(
+                    format!("cannot move the built image to {}", to.display()),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn build_buildctl(
         &self,
         ctx: &BuildContext,
@@ -288,6 +438,19 @@ impl DockerfileBackend {
                 )
             })?;
         Ok(())
+    }
+}
+
+/// The last id of a build's user namespace, counted from its first.
+const BUILDAH_IDS_LAST: u32 = BUILD_USERNS_SIZE - 1;
+
+/// Removes a build's work directory (the context copy, buildah's temp files) when the build
+/// ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -25,9 +25,19 @@
 //! symlinks). Transports that read images already on the server (`containers-storage:`,
 //! `docker-daemon:`) are refused: the builder's store holds other apps' images too.
 //!
-//! buildah runs with a storage root of its own under the hephy cache directory (never the
-//! system's), the `overlay` driver when the kernel lets it mount one there and `vfs` otherwise,
-//! and `chroot` isolation inside containers or without root (`BUILDAH_ISOLATION` overrides).
+//! In a sandboxed [`BuildEnv`] (a server), buildah runs in the build sandbox as root of a user
+//! namespace mapped to unprivileged host ids ([`BuildUser::NamespaceRoot`]): a copy of the
+//! repository as its context, a `vfs` store per app under the cache directory, `chroot`
+//! isolation for `RUN` steps inside the sandbox, the environment cleared to `[build] env`, the
+//! network per `[build] network`, base images pulled without the server's credentials. The
+//! image it writes is checked before hephy reads it. SECURITY.md gives the reasons.
+//!
+//! Unconfined (`hephy build` on one's own checkout), buildah runs on the host as before: a
+//! storage root of its own under the hephy cache directory (never the system's), the `overlay`
+//! driver when the kernel lets it mount one there and `vfs` otherwise, and `chroot` isolation
+//! inside containers or without root (`BUILDAH_ISOLATION` overrides).
+//!
+//! [`BuildUser::NamespaceRoot`]: crate::sandbox::BuildUser::NamespaceRoot
 
 use std::path::PathBuf;
 use std::sync::Arc;

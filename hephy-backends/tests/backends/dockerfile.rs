@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use hephy_backends::dockerfile::{Builder, DockerfileBackend};
 use hephy_core::{Backend, BuildTarget, Events, Platform, PublishRequest, Publisher};
@@ -442,6 +444,199 @@ async fn a_failing_run_step_reports_its_last_lines() -> TestResult {
     assert!(
         message.contains("about to fail"),
         "the RUN's output should be in the error: {message}"
+    );
+    Ok(())
+}
+
+/// The real uids of the host's processes whose command line contains `needle`, polled until
+/// `done` is set.
+async fn watch_uids(needle: String, done: Arc<AtomicBool>) -> Vec<u32> {
+    let mut uids = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let dir = entry.path();
+            let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+                continue;
+            }
+            let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+            let uid: Option<u32> = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next())
+                .and_then(|u| u.parse().ok());
+            uids.extend(uid);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    uids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_steps_are_contained_in_the_build_sandbox() -> TestResult {
+    use hephy_backends::sandbox::BUILD_USERNS_BASE;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    // Host files a RUN step must not reach, readable by anyone: only the sandbox keeps them
+    // out, not their permissions.
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "host-secret")?;
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("admin-token"), "admin-token-value")?;
+    let markers = tmp.path().join("markers");
+    std::fs::create_dir(&markers)?;
+    std::fs::set_permissions(&markers, std::fs::Permissions::from_mode(0o777))?;
+
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo)?;
+    let made = format!("made-by-run-{}", std::process::id());
+    // A RUN step is root in its image; escaping chroot isolation is easy for root (every
+    // process's /proc/PID/root), so each root it can find is tried.
+    let run = format!(
+        r#"echo "uid""map $(cat /proc/self/uid_map)"; \
+    echo "interfaces=$(busybox grep -c : /proc/net/dev)"; \
+    for r in / /proc/[0-9]*/root; do \
+      echo "root $r: $(busybox ls $r/ 2>&1 | busybox tr '\n' ' ')"; \
+      cat $r{secret} 2>&1; cat $r{data}/admin-token 2>&1; \
+      busybox touch $r{markers}/marker 2>&1; \
+    done; \
+    cat /proc/[0-9]*/environ | busybox tr '\0' '\n' | busybox sed 's/^/environ:/'; \
+    env | busybox sed 's/^/env:/'; \
+    busybox sh -c 'busybox sleep 2' {made}"#,
+        secret = secret.display(),
+        data = data.display(),
+        markers = markers.display(),
+    );
+    std::fs::write(
+        repo.join("Dockerfile"),
+        format!("FROM oci:base:latest\nRUN {run}\n"),
+    )?;
+    std::fs::write(repo.join("hephy.toml"), "[build]\nnetwork = false\n")?;
+    busybox_base(&repo.join("base")).await?;
+
+    let out = tempfile::tempdir()?;
+    let c = ctx(&repo)?.with_app("contained".parse()?);
+    let (events, lines) = collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = tokio::spawn(watch_uids(made.clone(), done.clone()));
+    let built = DockerfileBackend::new(env()?)
+        .build(&c, &BuildTarget::new(Platform::host(), out.path()), &events)
+        .await;
+    done.store(true, Ordering::Relaxed);
+    let uids = watch.await?;
+    built?;
+    let log = joined(&lines);
+
+    // Root in the RUN step is a high host uid: its user namespace maps 0 to one.
+    let map = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("uidmap "))
+        .ok_or_else(|| format!("the RUN step printed no uid map:\n{log}"))?;
+    let map: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(
+        map,
+        ["0", &BUILD_USERNS_BASE.to_string(), "65536"],
+        "the RUN step's uid map:\n{log}"
+    );
+    assert!(log.contains("interfaces=1"), "network = false:\n{log}");
+    // Seen from the host: the RUN step's processes run as that uid.
+    assert!(
+        !uids.is_empty(),
+        "the RUN step's sleep was never seen on the host:\n{log}"
+    );
+    assert!(
+        uids.iter().all(|&u| u == BUILD_USERNS_BASE),
+        "host uids of the RUN step: {uids:?}"
+    );
+    // It did look around, through the roots and environments of the processes it sees.
+    assert!(
+        log.lines().any(|l| l.trim().starts_with("root /proc/")),
+        "{log}"
+    );
+    assert!(log.contains("environ:PATH=/bin"), "{log}");
+    for leak in [
+        "host-secret",
+        "admin-token-value",
+        "CARGO",
+        "RUST",
+        "HOME=/root",
+    ] {
+        assert!(!log.contains(leak), "{leak} reached the RUN step:\n{log}");
+    }
+    assert!(
+        std::fs::read_dir(&markers)?.next().is_none(),
+        "the RUN step wrote on the host"
+    );
+    // The output is the image layout alone: the context copy and temp files are gone.
+    let mut left: Vec<String> = std::fs::read_dir(out.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    left.sort();
+    assert_eq!(left, ["blobs", "index.json", "oci-layout"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxed_builds_are_reproducible_and_keep_the_hosts_layers() -> TestResult {
+    // The same Dockerfile, with COPY and RUN, built twice in the sandbox and once on the host
+    // (`BuildEnv::unconfined`, as `hephy build` does for one's own checkout).
+    let dir = repo(&[
+        (
+            "Dockerfile",
+            "FROM oci:base:latest\nCOPY hello.txt /hello.txt\nRUN echo ran > /ran && cat /hello.txt\n",
+        ),
+        ("hello.txt", "hello\n"),
+    ])?;
+    busybox_base(&dir.path().join("base")).await?;
+    let c = ctx(dir.path())?;
+    let mut built = Vec::new();
+    for sandboxed in [true, true, false] {
+        let out = tempfile::tempdir()?;
+        let env = if sandboxed {
+            env()?
+        } else {
+            hephy_backends::BuildEnv::unconfined(
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("hephy-unconfined-cache"),
+            )
+        };
+        let image = DockerfileBackend::new(env)
+            .build(
+                &c,
+                &BuildTarget::new(Platform::host(), out.path()),
+                &Events::discard(),
+            )
+            .await?;
+        let layout = OciLayout::open(&image.layout)?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.blob_path(&image.manifest))?)?;
+        built.push((image.manifest.to_string(), manifest["layers"].clone()));
+    }
+    assert_eq!(built[0], built[1], "two sandboxed builds of one commit");
+    // Layer for layer the same bytes as buildah on the host. (The configs differ in the
+    // history's `COPY file:HASH` and what follows from it: buildah hashes the copied files as
+    // it sees them, and the two see the context differently.)
+    assert_eq!(built[0].1, built[2].1, "sandboxed and unconfined layers");
+    Ok(())
+}
+
+#[test]
+fn a_link_in_a_built_layout_is_refused() -> TestResult {
+    // What a RUN step that left chroot isolation could do to the layout buildah writes: hephy
+    // reads it as root, so a link to a host file would ship that file.
+    let out = tempfile::tempdir()?;
+    std::fs::create_dir_all(out.path().join("blobs/sha256"))?;
+    std::fs::write(out.path().join("index.json"), "{}")?;
+    hephy_backends::build_env::built_tree(out.path(), "buildah push")?;
+    std::os::unix::fs::symlink("/etc/shadow", out.path().join("blobs/sha256/abc"))?;
+    let err = hephy_backends::build_env::built_tree(out.path(), "buildah push")
+        .err()
+        .ok_or("a link in the layout should be refused")?;
+    assert!(
+        err.to_string().contains("left") && err.to_string().contains("blobs/sha256/abc"),
+        "{err}"
     );
     Ok(())
 }

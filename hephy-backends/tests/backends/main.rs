@@ -1,5 +1,6 @@
 //! Integration tests of hephy-backends, against real tools (docker-registry, skopeo, go, umoci).
 
+mod build_env;
 mod cargo;
 mod check;
 mod dockerfile;

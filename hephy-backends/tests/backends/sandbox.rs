@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hephy_backends::exec::ExecError;
-use hephy_backends::sandbox::{Sandbox, SandboxCommand, SandboxPolicy, BUILD_UID};
+use hephy_backends::sandbox::{
+    BuildUser, Sandbox, SandboxCommand, SandboxPolicy, BUILD_UID, BUILD_USERNS_BASE,
+};
 
 use crate::support::{collect, joined};
 
@@ -154,6 +156,53 @@ async fn dropping_the_run_kills_everything_the_build_started() -> Result {
         String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
         "processes outlived their build: {}",
         String::from_utf8_lossy(&ps.stdout)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_root_is_root_only_in_its_own_user_namespace() -> Result {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir()?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let work = tmp.path().join("work");
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "token")?;
+    let sb = sandbox(SandboxPolicy::default().with_network(false), tmp.path())?;
+    sb.prepare_dir_as(&work, BuildUser::NamespaceRoot)?;
+    let (events, lines) = collect();
+    let script = format!(
+        "echo \"uid=$(id -u)\"; echo \"map $(cat /proc/self/uid_map)\"; env | sort; \
+         cat {} 2>&1; touch /build/made; touch /usr/x 2>&1; grep ^NoNewPrivs /proc/self/status",
+        secret.display()
+    );
+    sb.run(
+        sh(&script)
+            .bind_rw(&work, "/build")
+            .user(BuildUser::NamespaceRoot),
+        &events,
+        50,
+    )
+    .await?;
+    let out = joined(&lines);
+    assert!(out.contains("uid=0"), "{out}");
+    let map = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("map "))
+        .ok_or_else(|| format!("no uid map:\n{out}"))?;
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &BUILD_USERNS_BASE.to_string(), "65536"],
+        "{out}"
+    );
+    for leak in ["CARGO", "RUST", "HOME=/root", "token"] {
+        assert!(!out.contains(leak), "{leak} reached the sandbox:\n{out}");
+    }
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        std::fs::metadata(work.join("made"))?.uid(),
+        BUILD_USERNS_BASE,
+        "files the namespace's root writes belong to an unprivileged host uid"
     );
     Ok(())
 }

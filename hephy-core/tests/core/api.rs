@@ -248,3 +248,36 @@ fn public_api() -> Result {
     insta::assert_snapshot!(out.join("\n"));
     Ok(())
 }
+
+/// Words that mark a package description nobody wrote.
+const PLACEHOLDERS: &[&str] = &["todo", "tbd", "placeholder", "lorem", "fixme"];
+
+#[test]
+fn every_package_of_the_workspace_has_a_real_description() -> Result {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("hephy-core has no parent directory")?;
+    let workspace: toml::Table = std::fs::read_to_string(root.join("Cargo.toml"))?.parse()?;
+    let members = workspace
+        .get("workspace")
+        .and_then(|w| w.get("members"))
+        .and_then(|m| m.as_array())
+        .ok_or("the root Cargo.toml lists no workspace members")?;
+    for member in members {
+        let member = member.as_str().ok_or("a member is not a string")?;
+        let manifest: toml::Table =
+            std::fs::read_to_string(root.join(member).join("Cargo.toml"))?.parse()?;
+        let description = manifest
+            .get("package")
+            .and_then(|p| p.get("description"))
+            .and_then(|d| d.as_str())
+            .ok_or(format!("{member}/Cargo.toml has no package description"))?;
+        let lower = description.to_lowercase();
+        assert!(
+            description.split_whitespace().count() >= 6
+                && !PLACEHOLDERS.iter().any(|p| lower.contains(p)),
+            "{member}/Cargo.toml's description {description:?} does not say what the package is for"
+        );
+    }
+    Ok(())
+}

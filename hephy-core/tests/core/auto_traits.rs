@@ -128,6 +128,7 @@ fn table() -> Vec<(String, String)> {
         release::ReleaseCause => hephy_core::ReleaseCause,
         release::ReleaseVersion => hephy_core::ReleaseVersion,
         release::ReleaseVersionError => hephy_core::ReleaseVersionError,
+        runtime::RuntimeError => hephy_core::RuntimeError,
         source::SourceError => hephy_core::SourceError,
     }
 }

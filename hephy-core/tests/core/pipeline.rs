@@ -195,9 +195,7 @@ impl Deployer for MemoryDeployer {
             source: None,
         })?;
         let list = all.entry(new.app.clone()).or_default();
-        let version = list
-            .last()
-            .map_or(ReleaseVersion::FIRST, |r| r.version.next());
+        let version = ReleaseVersion::next_after(list.last().map(|r| r.version));
         if new.image.tag().is_some_and(|t| t.contains("bad")) {
             return Err(DeployError::Unhealthy {
                 app: new.app,
@@ -341,6 +339,14 @@ async fn a_push_runs_every_stage_and_builds_platforms_concurrently() -> Result {
     );
     assert_eq!(report.published.platforms.len(), 2);
     assert!(report.published.is_index);
+    // The push summary, as a push server prints it.
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "-----> hello deployed as v1\n       image: localhost:5000/hello:git-1a2b3c4@sha256:{}\n",
+            "f".repeat(64)
+        )
+    );
     let release = report.release.ok_or("no release")?;
     assert_eq!(release.version.to_string(), "v1");
     assert_eq!(
@@ -636,24 +642,31 @@ async fn deployer_defaults_roll_back_and_change_config_as_new_releases() -> Resu
     assert!(v4.config.is_empty(), "rollback restores v1's config too");
     assert_eq!(v4.cause.to_string(), "rollback to v1");
 
+    // The messages speak the library's words; hephy's CLI advice is in hint().
     let err = d
         .rollback(&app, ReleaseVersion::new(9).ok_or("v9")?, &ev)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string());
+        .map_err(|e| (e.to_string(), e.hint()));
     assert_eq!(
         err,
-        Err("app hello has no release v9: its releases are v1 to v4; list them with `hephy releases`".into())
+        Err((
+            "app hello has no release v9: its releases are v1 to v4".into(),
+            Some("list them with `hephy releases`".into())
+        ))
     );
     let other: AppName = "other".parse()?;
     let err = d
         .rollback(&other, ReleaseVersion::FIRST, &ev)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string());
+        .map_err(|e| (e.to_string(), e.hint()));
     assert_eq!(
         err,
-        Err("app other has no release yet: push it first with `git push hephy main`".into())
+        Err((
+            "app other has no release yet: deploy it once first".into(),
+            Some("push it with `git push hephy main`".into())
+        ))
     );
 
     // A failed deploy records nothing.
@@ -712,5 +725,148 @@ async fn a_push_without_a_source_is_refused() -> Result {
         )
         .await;
     assert!(matches!(r, Err(PipelineError::NoSource)));
+    Ok(())
+}
+
+/// A runtime without timers (IO on) and one without IO (timers on), as an embedder might build.
+fn runtimes() -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime)> {
+    let no_time = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let no_io = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    Ok((no_time, no_io))
+}
+
+fn go_pipeline() -> PipelineBuilder {
+    Pipeline::builder()
+        .backend(Arc::new(FakeBackend::new("go", "go.mod", Confidence::High)))
+        .publisher(Arc::new(RecordingPublisher::default()))
+}
+
+#[test]
+fn a_runtime_without_time_or_io_is_an_error_not_a_panic() -> Result {
+    let (no_time, no_io) = runtimes()?;
+    let built = no_time.block_on(async { go_pipeline().build().map(|_| ()) });
+    let Err(PipelineBuildError::Runtime(e)) = built else {
+        return Err(format!("expected a runtime error, got {built:?}").into());
+    };
+    assert_eq!(e, RuntimeError::TimeDisabled);
+    insta::assert_snapshot!("no_time", e.to_string());
+    let built = no_io.block_on(async { go_pipeline().build().map(|_| ()) });
+    let Err(PipelineBuildError::Runtime(e)) = built else {
+        return Err(format!("expected a runtime error, got {built:?}").into());
+    };
+    assert_eq!(e, RuntimeError::IoDisabled);
+    insta::assert_snapshot!("no_io", e.to_string());
+
+    // Outside any runtime the builder accepts (the runtime may start later); the run checks.
+    assert_eq!(check_runtime(), Err(RuntimeError::NoRuntime));
+    insta::assert_snapshot!("no_runtime", RuntimeError::NoRuntime.to_string());
+    let pipeline = go_pipeline().build()?;
+    let dir = go_dir()?;
+    let job = Job::context(
+        "hello".parse()?,
+        BuildContext::new(dir.path(), config("[build]\ntimeout = \"1m\"\n")?),
+        dir.path(),
+    );
+    let run = no_time.block_on(pipeline.run(job, &Events::discard()));
+    assert!(
+        matches!(run, Err(PipelineError::Runtime(RuntimeError::TimeDisabled))),
+        "expected the runtime error, got {run:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_runtime_passes_the_check() -> Result {
+    check_runtime()?;
+    go_pipeline().build()?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_backend_lists_the_registered_backends_and_hints_stay_apart() -> Result {
+    let pipeline = Pipeline::builder()
+        .backend(Arc::new(FakeBackend::new(
+            "ship",
+            "start",
+            Confidence::High,
+        )))
+        .publisher(Arc::new(RecordingPublisher::default()))
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let ctx = BuildContext::new(dir.path(), AppConfig::default());
+    let err = match pipeline.choose_backend(&ctx, &Events::discard()).await {
+        Ok(_) => return Err("expected no backend".into()),
+        Err(e) => e,
+    };
+    insta::assert_snapshot!(err.to_string());
+    assert_eq!(err.hint(), None);
+
+    // A source error keeps hephy's CLI advice out of the message.
+    let err = PipelineError::Source(SourceError::UnknownApp {
+        app: "hello".parse()?,
+    });
+    assert_eq!(
+        err.to_string(),
+        "app hello has no repository: create the app before pushing to it"
+    );
+    assert_eq!(err.hint().as_deref(), Some("run `hephy apps create hello`"));
+    let err = PipelineError::Deploy(DeployError::UnknownApp {
+        app: "hello".parse()?,
+    });
+    assert_eq!(
+        err.to_string(),
+        "deploy failed: unknown app hello: create the app first"
+    );
+    assert_eq!(err.hint().as_deref(), Some("run `hephy apps create hello`"));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_run_ends_its_stream_when_it_ends() -> Result {
+    let pipeline = go_pipeline().build()?;
+    let dir = go_dir()?;
+    let job = Job::context(
+        "hello".parse()?,
+        BuildContext::new(dir.path(), AppConfig::default()),
+        dir.path(),
+    );
+    let (mut stream, run) = pipeline.run_streaming(job, 4);
+    let run = tokio::spawn(run);
+    let mut lines = vec![];
+    // Without the run's end closing the stream, this loop would never finish.
+    while let Some(e) = within_an_hour(stream.recv()).await? {
+        lines.push(normalize(&e));
+    }
+    let report = run.await??;
+    assert_eq!(report.backend, "go");
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "-----> hello built and published (this server does not deploy)\n       image: localhost:5000/hello:latest@sha256:{}\n",
+            "f".repeat(64)
+        )
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("       Published localhost:5000/hello:latest")),
+        "{lines:#?}"
+    );
+
+    // A failed run ends the stream too.
+    let empty = tempfile::tempdir()?;
+    let job = Job::context(
+        "hello".parse()?,
+        BuildContext::new(empty.path(), AppConfig::default()),
+        empty.path(),
+    );
+    let (mut stream, run) = pipeline.run_streaming(job, 4);
+    let run = tokio::spawn(run);
+    while within_an_hour(stream.recv()).await?.is_some() {}
+    assert!(matches!(run.await?, Err(PipelineError::NoBackend { .. })));
     Ok(())
 }

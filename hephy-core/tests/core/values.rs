@@ -135,6 +135,12 @@ fn release_versions_and_config_changes() -> Result {
     assert!("v0".parse::<ReleaseVersion>().is_err());
     assert!("v+1".parse::<ReleaseVersion>().is_err());
     assert!("latest".parse::<ReleaseVersion>().is_err());
+    // A ledger numbers its next release from its newest one.
+    assert_eq!(ReleaseVersion::next_after(None), ReleaseVersion::FIRST);
+    assert_eq!(
+        ReleaseVersion::next_after(Some("v12".parse()?)).to_string(),
+        "v13"
+    );
 
     let mut vars = ConfigVars::default();
     vars.set("A", "1")?;
@@ -143,10 +149,16 @@ fn release_versions_and_config_changes() -> Result {
     assert_eq!(next.get("A"), Some("2"));
     assert_eq!(next.get("B"), Some("x=y"));
     let unset = ConfigChange::unset(["MISSING"]);
-    let err = unset.apply(&next).map(|_| ()).map_err(|e| e.to_string());
+    let err = unset
+        .apply(&next)
+        .map(|_| ())
+        .map_err(|e| (e.to_string(), e.hint()));
     assert_eq!(
         err,
-        Err("config var MISSING is not set, so it cannot be unset: list the set vars with `hephy config list`".into())
+        Err((
+            "config var MISSING is not set, so it cannot be unset: check the name against the vars that are set".into(),
+            Some("list the set vars with `hephy config list`".into())
+        ))
     );
     assert!(ConfigChange::parse_assignments(["NOEQUALS"]).is_err());
     assert!(ConfigChange::parse_assignments(["PORT=1"]).is_err());

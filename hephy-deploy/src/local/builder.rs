@@ -11,6 +11,7 @@ use hephy_oci::RegistryOptions;
 
 use super::{prepare_data_dir, Inner, LocalDeployer};
 use crate::ledger::Ledger;
+use crate::router::control::RouterClient;
 use crate::runc::{CgroupSupport, Runc};
 use crate::unpack::UnpackLimits;
 
@@ -31,6 +32,7 @@ pub struct LocalDeployerBuilder {
     pub(super) host_routing: Option<SocketAddr>,
     pub(super) create_on_deploy: bool,
     pub(super) unpack_limits: UnpackLimits,
+    pub(super) router_process: Option<RouterClient>,
 }
 
 impl LocalDeployerBuilder {
@@ -49,7 +51,18 @@ impl LocalDeployerBuilder {
             host_routing: None,
             create_on_deploy: false,
             unpack_limits: UnpackLimits::default(),
+            router_process: None,
         }
+    }
+
+    /// Routes through a router process (`hephy-router`, see [`crate::router::control`]) instead
+    /// of routers inside this process: the apps' addresses then stay served while this process
+    /// stops, crashes or is replaced, and [`LocalDeployer::restore`] adopts what runs. The
+    /// router must already answer on `router`'s socket when the deployer is used. Host routing
+    /// ([`LocalDeployerBuilder::host_routing`]) stays in this process.
+    pub fn router_process(mut self, router: RouterClient) -> Self {
+        self.router_process = Some(router);
+        self
     }
 
     /// Caps on what unpacking one image may read and write: a layer's decompressed size and

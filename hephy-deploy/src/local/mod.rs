@@ -25,6 +25,7 @@ mod ids;
 mod image;
 pub mod logs;
 mod network;
+mod route;
 mod runtime;
 
 use std::collections::HashMap;
@@ -41,8 +42,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::builder::LocalDeployerBuilder;
 pub use self::logs::LogStream;
+use self::route::AppRoute;
 use crate::ledger::{Ledger, LedgerError};
-use crate::router::{HostRouter, Router, Upstream};
+use crate::router::HostRouter;
 use crate::runc::{CgroupSupport, Runc};
 
 /// The registry name of images kept in local OCI layouts, as `hephy-backends` publishes them.
@@ -66,7 +68,7 @@ struct RouterState {
 }
 
 struct Slot {
-    router: Router,
+    router: AppRoute,
     /// Held for the whole of a deploy, so the releases of one app start one at a time.
     live: tokio::sync::Mutex<Option<Live>>,
 }
@@ -334,13 +336,18 @@ impl LocalDeployer {
             return Err(DeployError::UnknownApp { app: app.clone() });
         }
         let events = events.with_stage(Stage::Deploy);
-        let slot = self.inner.slots.lock().await.remove(app);
+        let slot = match self.inner.slots.lock().await.remove(app) {
+            Some(s) => Some(s),
+            // Not routed by this process yet (a router process may still serve it).
+            None => self.slot(app).await.ok(),
+        };
+        self.inner.slots.lock().await.remove(app);
         if let Some(host_router) = self.inner.host_router.get() {
             host_router.unroute(&host_name(app));
         }
         if let Some(slot) = slot {
             let mut live = slot.live.lock().await;
-            slot.router.switch(None);
+            slot.router.unbind().await?;
             if let Some(l) = live.take() {
                 events.log(format!("stopping {} of {app}", l.version));
                 self.stop_container(&l.container).await?;
@@ -393,7 +400,9 @@ impl LocalDeployer {
         let mut first_err = None;
         for (_, slot) in slots {
             let mut live = slot.live.lock().await;
-            slot.router.switch(None);
+            if let Err(e) = slot.router.switch(None).await {
+                first_err.get_or_insert(e);
+            }
             if let Some(l) = live.take() {
                 if let Err(e) = self.stop_container(&l.container).await {
                     first_err.get_or_insert(e);
@@ -442,27 +451,20 @@ impl LocalDeployer {
             return Err(DeployError::UnknownApp { app: app.clone() });
         }
         let addr = self.addr(app)?;
-        let router = Router::bind(addr).await.map_err(|e| {
-            other(
-                format!("cannot listen on {addr} for app {app}: another process holds the port; stop it, or destroy and create the app again to get a new port"),
-                e,
-            )
-        })?;
+        let router = AppRoute::bind(app, addr, self.inner.opts.router_process.as_ref()).await?;
         let mut live: Option<Live> = self.inner.ledger.read(app, "live")?;
         if let Some(l) = &live {
             // A container without its pasta (or from before containers had one) cannot be
-            // reached: it is started again.
+            // reached: it is started again. One that serves keeps its traffic (switching a
+            // router process to where it already sends traffic changes nothing).
             if self.is_serving(&l.container).await? {
-                router.switch(Some(Upstream::new(SocketAddr::new(
-                    Ipv4Addr::LOCALHOST.into(),
-                    l.port,
-                ))));
+                router.switch(Some(l.port)).await?;
             } else {
                 live = None;
             }
         }
         if let Some(host_router) = self.host_router().await? {
-            host_router.route(&host_name(app), &router);
+            router.route_host(host_router, &host_name(app));
         }
         let slot = Arc::new(Slot {
             router,
@@ -483,8 +485,7 @@ impl LocalDeployer {
         events: &Events,
     ) -> Result<(), DeployError> {
         self.inner.ledger.write(app, "live", &new)?;
-        let upstream = Upstream::new(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), new.port));
-        let old_upstream = slot.router.switch(Some(upstream));
+        let old_upstream = slot.router.switch(Some(new.port)).await?;
         let took = ready.elapsed();
         events.log(format!(
             "switched traffic to {} in {} ms (image ready to traffic switched)",
@@ -495,11 +496,11 @@ impl LocalDeployer {
         let old = live.replace(new);
         if let Some(old) = old {
             if let Some(up) = old_upstream {
-                if !up.drain(self.inner.opts.drain_timeout).await {
+                let (drained, active) = up.drain(self.inner.opts.drain_timeout).await;
+                if !drained {
                     events.warn(format!(
-                        "{} still had {} open connection(s) after {}; closing them",
+                        "{} still had {active} open connection(s) after {}; closing them",
                         old.version,
-                        up.active(),
                         format_elapsed(self.inner.opts.drain_timeout)
                     ));
                 }
@@ -564,7 +565,7 @@ impl Deployer for LocalDeployer {
                     "stopping {} first (strategy recreate)",
                     old.version
                 ));
-                slot.router.switch(None);
+                slot.router.switch(None).await?;
                 self.stop_container(&old.container).await?;
                 self.inner.ledger.remove(&app, "live")?;
             }

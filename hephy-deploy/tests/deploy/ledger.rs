@@ -63,6 +63,38 @@ fn releases_are_numbered_and_survive_reopening() -> Result {
 }
 
 #[test]
+fn ledger_errors_speak_the_library_and_keep_the_cli_advice_apart() -> Result {
+    let dir = tempfile::tempdir()?;
+    let ledger = Ledger::open(dir.path())?;
+    let app: AppName = "hello".parse()?;
+    let err = ledger.releases(&app).err().ok_or("read an unknown app")?;
+    assert_eq!(
+        (err.to_string(), err.hint()),
+        (
+            "unknown app hello: create the app first".to_owned(),
+            Some("run `hephy apps create hello`".to_owned())
+        )
+    );
+    ledger.create_app(&app)?;
+    let err = ledger.create_app(&app).err().ok_or("created hello twice")?;
+    assert_eq!(
+        (err.to_string(), err.hint()),
+        (
+            "app hello already exists: choose another name, or destroy it first".to_owned(),
+            Some("run `hephy apps destroy hello`".to_owned())
+        )
+    );
+    // The next number comes from hephy-core's ReleaseVersion::next_after.
+    assert_eq!(ledger.next_version(&app)?, ReleaseVersion::FIRST);
+    record(&ledger, &app, "one")?;
+    assert_eq!(
+        ledger.next_version(&app)?,
+        ReleaseVersion::next_after(Some(ReleaseVersion::FIRST))
+    );
+    Ok(())
+}
+
+#[test]
 fn leftovers_of_a_crash_are_ignored_and_corruption_is_named() -> Result {
     let dir = tempfile::tempdir()?;
     let ledger = Ledger::open(dir.path())?;

@@ -348,7 +348,11 @@ async fn bad_input_gets_clear_errors() -> Result {
         .err()
         .ok_or("deployed to an unknown app")?;
     assert!(matches!(err, DeployError::UnknownApp { .. }), "{err}");
-    assert!(err.to_string().contains("create it first"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("unknown app {ghost}: create the app first")
+    );
+    assert_eq!(err.hint(), Some(format!("run `hephy apps create {ghost}`")));
     let err = d
         .releases(&ghost)
         .await

@@ -5,5 +5,6 @@ mod kubernetes;
 mod ledger;
 mod local;
 mod manifests;
+mod router;
 mod support;
 mod unpack;

@@ -34,8 +34,11 @@ use pktline::Output;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReceiveError {
+    /// The session runs outside a tokio runtime with time and IO; nothing was read or sent.
+    #[error(transparent)]
+    Runtime(#[from] hephy_core::RuntimeError),
     /// The app has no repository.
-    #[error("app {app} does not exist: create it first with `hephy apps create {app}`")]
+    #[error("app {app} does not exist: create it first")]
     UnknownApp {
         /// The app.
         app: AppName,
@@ -84,6 +87,16 @@ pub enum ReceiveError {
 }
 
 impl ReceiveError {
+    /// Advice that names hephy's CLI, for hephy's own tools to show after the message (see
+    /// [`hephy_core::PipelineError::hint`]); a server built with
+    /// [`cli_hints`](crate::GitServerBuilder::cli_hints) shows it to pushers.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ReceiveError::UnknownApp { app } => Some(format!("run `hephy apps create {app}`")),
+            _ => None,
+        }
+    }
+
     pub(crate) fn protocol(message: impl Into<String>) -> Self {
         ReceiveError::Protocol {
             message: message.into(),
@@ -173,12 +186,14 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    // Keepalives and build timeouts need tokio's timers: refuse here rather than panic later.
+    hephy_core::check_runtime()?;
     let mut input = tokio::io::BufReader::with_capacity(64 * 1024, input);
     let mut out = Output::new(output);
     let mut guard = None;
     if let Mode::FullDuplex { version1 } = mode {
         if let Err(e) = authorize(inner, user, app) {
-            out.raw(&err_pkt(&e.to_string())).await?;
+            out.raw(&err_pkt(&inner.with_hint(&e, e.hint()))).await?;
             return Err(e);
         }
         match inner.locks.try_lock(app, &user.name) {
@@ -539,13 +554,13 @@ async fn build<W: AsyncWrite + Unpin + Send>(
         let run = async move {
             match limit {
                 Some(limit) => match tokio::time::timeout(limit, run).await {
-                    Ok(r) => r.map_err(failure),
+                    Ok(r) => r.map_err(|e| failure(inner, e)),
                     Err(_) => Err(("build failed", format!(
                         "the push timed out after {}: make the build faster or raise the server's build timeout",
                         humantime::format_duration(limit)
                     ))),
                 },
-                None => run.await.map_err(failure),
+                None => run.await.map_err(|e| failure(inner, e)),
             }
         };
         // A panicking backend fails this push, not the server.
@@ -610,25 +625,18 @@ async fn build<W: AsyncWrite + Unpin + Send>(
 const EVENT_QUEUE: usize = 256;
 
 /// A failed pipeline run as the reason of its `ng` line and the message shown.
-fn failure(e: PipelineError) -> (&'static str, String) {
+fn failure(inner: &Inner, e: PipelineError) -> (&'static str, String) {
     let reason = match e.stage() {
         Stage::Publish => "publish failed",
         Stage::Deploy => "deploy failed",
         _ => "build failed",
     };
-    (reason, e.to_string())
+    (reason, inner.with_hint(&e, e.hint()))
 }
 
-/// The last lines of a successful push: what was published, the release and its URL.
+/// The last lines of a successful push: the report's summary, and the app's URL.
 fn summary(inner: &Inner, app: &AppName, report: &Report) -> String {
-    let mut s = String::new();
-    match &report.release {
-        Some(release) => s.push_str(&format!("-----> {app} deployed as {}\n", release.version)),
-        None => s.push_str(&format!(
-            "-----> {app} built and published (this server does not deploy)\n"
-        )),
-    }
-    s.push_str(&format!("       image: {}\n", report.published.reference));
+    let mut s = report.to_string();
     if let Some(hook) = &inner.url_hook {
         if let Some(url) = hook(app, report) {
             s.push_str(&format!("       url:   {url}\n"));

@@ -47,12 +47,20 @@ async fn wrong_or_missing_credentials_are_refused() -> Result {
     assert!(!push.ok, "a push without credentials was accepted");
 
     // The 401 asks for basic credentials, so git prompts or asks its credential helper.
-    let (status, _) = raw(
+    let (status, body) = raw(
         &server,
         b"GET /secret.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
     )
     .await?;
     assert_eq!(status, 401);
+    // This server shows hephy's CLI hints (as hephy-server does) after the library's words.
+    assert!(
+        String::from_utf8_lossy(&body).ends_with(
+            "authentication required: use your user name and an API token as the password (create one with `hephy tokens create`)\n"
+        ),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 
     // A real user without a grant on the app is forbidden.
     server.accounts.add_user("bob", false)?;
@@ -122,8 +130,10 @@ async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
     commit_file(&repo, "a", b"a\n", "a").await?;
     let push = git(&repo, &["push", &server.url("nope"), "main"]).await?;
     assert!(!push.ok);
+    // This server shows hephy's CLI hints, as hephy-server does.
     assert!(
-        push.stderr.contains("app nope does not exist"),
+        push.stderr
+            .contains("app nope does not exist: create it first (run `hephy apps create nope`)"),
         "{}",
         push.stderr
     );

@@ -4,6 +4,7 @@ mod auth;
 mod hostile;
 mod http;
 mod receive;
+mod server;
 mod source;
 mod ssh;
 
@@ -147,19 +148,21 @@ impl TestServer {
         }
         let token = accounts.create_token("alice")?;
         let gate = Arc::new(Gate::default());
-        let builder = GitServer::builder(&data)
+        let images = dir.path().join("images");
+        // As hephy-server: the pipeline gets the server's source, pushers get hephy's hints.
+        let server = GitServer::builder(&data)
             .accounts(accounts.clone())
             .max_push_bytes(opts.max_push_bytes)
-            .keepalive(Duration::from_millis(200));
-        // The pipeline's source reads the server's repositories.
-        let source = hephy_git::GitSource::new(&data);
-        let pipeline = Pipeline::builder()
-            .source(Arc::new(source))
-            .backend(gate.clone())
-            .backend(Arc::new(FilesBackend::new()))
-            .publisher(Arc::new(OciLayoutPublisher::new(dir.path().join("images"))))
+            .keepalive(Duration::from_millis(200))
+            .cli_hints(true)
+            .pipeline_with(|source| {
+                Pipeline::builder()
+                    .source(Arc::new(source))
+                    .backend(gate.clone())
+                    .backend(Arc::new(FilesBackend::new()))
+                    .publisher(Arc::new(OciLayoutPublisher::new(images)))
+            })
             .build()?;
-        let server = builder.pipeline(Arc::new(pipeline)).build()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let serving = server.clone();

@@ -193,3 +193,65 @@ async fn a_tree_cannot_write_through_a_symlink_or_escape() -> Result {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_turns_head_branches_refs_and_commit_ids_into_revisions() -> Result {
+    let (server, app, _work, repo) = server_with_app("names").await?;
+    let first = commit_file(&repo, "a", b"a\n", "first").await?;
+    git_ok(
+        &repo,
+        &["push", &server.url("names"), "main:refs/heads/feature"],
+    )
+    .await?;
+    let second = commit_file(&repo, "b", b"b\n", "second").await?;
+    git_ok(&repo, &["push", &server.url("names"), "main"]).await?;
+    git_ok(&repo, &["tag", "v1", &first]).await?;
+    git_ok(&repo, &["push", &server.url("names"), "v1"]).await?;
+    let source = server.server.source();
+
+    let head = source.resolve(&app, "HEAD")?;
+    assert_eq!(
+        (head.commit.as_str(), head.ref_name.as_str()),
+        (second.as_str(), "refs/heads/main")
+    );
+    assert_eq!(source.resolve(&app, "main")?, head);
+    let feature = source.resolve(&app, "refs/heads/feature")?;
+    assert_eq!(
+        (feature.commit.as_str(), feature.ref_name.as_str()),
+        (first.as_str(), "refs/heads/feature")
+    );
+    assert_eq!(source.resolve(&app, "feature")?, feature);
+    // A tag peels to its commit.
+    assert_eq!(source.resolve(&app, "v1")?.commit, first);
+    // Commit ids, full and short, name no ref.
+    assert_eq!(source.resolve(&app, &first)?, Revision::new(&first));
+    assert_eq!(source.resolve(&app, &first[..7])?, Revision::new(&first));
+
+    let err = source
+        .resolve(&app, "nope")
+        .err()
+        .ok_or("an unknown name resolved")?;
+    insta::assert_snapshot!(err.to_string());
+    assert!(source.resolve(&app, "-x").is_err());
+    assert!(
+        source.resolve(&app, "abc").is_err(),
+        "3 hex digits are too few"
+    );
+    let err = source
+        .resolve(&"ghost".parse()?, "main")
+        .err()
+        .ok_or("an unknown app resolved")?;
+    assert_eq!(
+        err.to_string(),
+        "app ghost has no repository: create the app before pushing to it"
+    );
+
+    // The revision builds: materialize takes it as a push would.
+    let dest = tempfile::tempdir()?;
+    let rev = source
+        .materialize(&app, &feature, dest.path(), &Events::discard())
+        .await?;
+    assert_eq!(rev.message, "first");
+    assert!(dest.path().join("a").is_file() && !dest.path().join("b").exists());
+    Ok(())
+}

@@ -64,6 +64,12 @@ fn open_refuses_a_plain_directory() -> Result {
         err.to_string().contains("is not an OCI image layout"),
         "{err}"
     );
+    // A backend's build() can use `?` on it; the message stays, and so does the error.
+    let message = err.to_string();
+    let build: hephy_core::BuildError = err.into();
+    assert_eq!(build.to_string(), message);
+    let source = std::error::Error::source(&build).ok_or("the layout error was dropped")?;
+    assert!(source.downcast_ref::<LayoutError>().is_some(), "{source:?}");
     Ok(())
 }
 

@@ -3,6 +3,14 @@
 //! Each accepted connection is tied to the upstream that was current when it arrived and counts
 //! as active there until it closes, so after a [`Router::switch`] the old upstream can be
 //! [drained](Upstream::drain): new connections go to the new release, existing ones finish.
+//!
+//! While an app has no upstream, or its upstream cannot be reached, a connection gets a short
+//! `503 Service Unavailable` page naming the app, never an empty reply.
+//!
+//! [`control`] runs routers as a process of their own (`hephy-router`), controlled over a Unix
+//! socket, so that apps keep serving while hephy-server stops, crashes or is replaced.
+
+pub mod control;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,10 +113,19 @@ impl Router {
     /// Listens on `addr` (port 0 picks a free port) with no upstream yet: connections are
     /// closed until the first [`Router::switch`].
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Router> {
+        Self::bind_named(addr, "this app").await
+    }
+
+    /// [`Router::bind`] for the app `name`, which the `503` page names while it has no upstream.
+    pub async fn bind_named(addr: SocketAddr, name: &str) -> std::io::Result<Router> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(SharedDebug(Shared::default()));
-        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            unavailable_page(name),
+        ));
         Ok(Router {
             addr,
             shared,
@@ -155,7 +172,72 @@ impl Drop for Router {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<SharedDebug>) {
+/// What a client gets while the app has no process to take its connection.
+fn unavailable_page(name: &str) -> Arc<[u8]> {
+    let body = format!(
+        "{name} is not available right now: no healthy process answers; it is being started or restarted. Try again shortly.\n"
+    );
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
+
+/// Copies both ways until the upstream is done. An upstream that closes without a byte (the
+/// app's port forwarder accepted, but no process took the connection: the app died) gets the
+/// client `page` instead of an empty reply.
+async fn proxy(client: TcpStream, upstream: TcpStream, page: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut up_read, mut up_write) = upstream.into_split();
+    let to_upstream = async {
+        let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
+        let _ = up_write.shutdown().await;
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut answered = false;
+        loop {
+            match up_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answered = true;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        if !answered {
+            let _ = client_write.write_all(page).await;
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::pin!(to_upstream, to_client);
+    tokio::select! {
+        _ = &mut to_client => {}
+        _ = &mut to_upstream => to_client.await,
+    }
+}
+
+/// Answers `client` with `page` and closes, without waiting for its request (a client that
+/// sent none yet reads the answer all the same).
+async fn refuse(mut client: TcpStream, page: Arc<[u8]>) {
+    use tokio::io::AsyncWriteExt;
+    let _ = client.write_all(&page).await;
+    let _ = client.shutdown().await;
+    // Reading what the client sent before closing avoids a reset that could discard the page.
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        use tokio::io::AsyncReadExt;
+        while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<SharedDebug>, page: Arc<[u8]>) {
     loop {
         let (client, _) = match listener.accept().await {
             Ok(c) => c,
@@ -167,21 +249,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<SharedDebug>) {
             }
         };
         let shared = shared.clone();
+        let page = page.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             let Some(active) = shared.0.acquire() else {
-                return;
+                return refuse(client, page).await;
             };
             let upstream = match TcpStream::connect(active.0.addr).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!("router cannot reach {}: {e}", active.0.addr);
-                    return;
+                    return refuse(client, page).await;
                 }
             };
             let _ = upstream.set_nodelay(true);
-            let (mut client, mut upstream) = (client, upstream);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            proxy(client, upstream, &page).await;
             drop(active);
         });
     }

@@ -1,0 +1,88 @@
+//! The data plane outlives the server: two apps under steady load while hephy-server is stopped
+//! with SIGTERM, killed with SIGKILL, and replaced by another build of itself, each time started
+//! again on the same data directory. No request fails and no container restarts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::attacks::{push, write_repo, Load, BYSTANDER};
+use crate::support::{container_pids, hephy, run, wait_for, Server};
+use crate::Result;
+
+/// Starts hephy-server again on `dir` and waits until it has adopted the running apps (its API
+/// answers only once restore is done).
+fn restart(program: &Path, dir: &Path, home: &Path) -> Result<Server> {
+    let server = Server::start_program(program, dir, &[], &[])?;
+    run(hephy(home).args(["login", &server.url(), "--token", &server.token]))?;
+    Ok(server)
+}
+
+#[test]
+fn apps_keep_serving_while_the_server_stops_crashes_and_is_replaced() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let server = Server::start(tmp.path(), &[])?;
+    run(hephy(&home).args(["login", &server.url(), "--token", &server.token]))?;
+
+    let mut loads = Vec::new();
+    for app in ["e2e-plane-a", "e2e-plane-b"] {
+        let dir = tmp.path().join(app);
+        std::fs::create_dir_all(&dir)?;
+        write_repo(
+            &dir,
+            &[
+                ("go.mod", "module example.com/plane\n\ngo 1.19\n".into()),
+                ("main.go", BYSTANDER.into()),
+            ],
+        )?;
+        let (ok, out) = push(&server, &home, &dir, app)?;
+        assert!(ok, "{app} deploys:\n{out}");
+        let open = run(hephy(&home).args(["--app", app, "open"]))?;
+        let url = String::from_utf8_lossy(&open.stdout).trim().to_owned();
+        wait_for(&url, "still here")?;
+        loads.push((app, Load::start(url)));
+    }
+    let containers = container_pids(&server.data);
+    assert_eq!(containers.len(), 2, "{containers:?}");
+
+    // Another build of the server: the same program at another path, as an upgrade puts it.
+    let other = tmp.path().join("other-build");
+    std::fs::create_dir_all(&other)?;
+    let built = Path::new(env!("CARGO_BIN_EXE_hephy-server"));
+    for name in ["hephy-server", "hephy-router"] {
+        std::fs::copy(built.with_file_name(name), other.join(name))?;
+    }
+
+    std::thread::sleep(Duration::from_secs(1));
+    server.stop_keeping_apps("TERM")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let server = restart(built, tmp.path(), &home)?;
+    std::thread::sleep(Duration::from_secs(1));
+    server.stop_keeping_apps("KILL")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let server = restart(built, tmp.path(), &home)?;
+    std::thread::sleep(Duration::from_secs(1));
+    server.stop_keeping_apps("TERM")?;
+    let server = restart(&other.join("hephy-server"), tmp.path(), &home)?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    for (app, load) in loads {
+        let (ok, failed, errors) = load.finish()?;
+        assert!(ok > 50, "{app}'s load ran ({ok} answers)");
+        assert_eq!(failed, 0, "{app} failed requests: {errors:?}");
+    }
+    assert_eq!(
+        container_pids(&server.data),
+        containers,
+        "no container was restarted\n{}",
+        server.logs()
+    );
+    // The replacing server still deploys through the same router.
+    let info = run(hephy(&home).args(["apps", "info", "--app", "e2e-plane-a"]))?;
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("v1"),
+        "{info:?}"
+    );
+    Ok(())
+}
