@@ -5,6 +5,8 @@ use std::pin::Pin;
 use futures_util::Stream;
 use hephy_core::{async_trait, AppName, DeployError};
 
+use crate::types::ProcessInfo;
+
 /// A stream of log lines.
 pub type LineStream = Pin<Box<dyn Stream<Item = String> + Send>>;
 
@@ -20,4 +22,9 @@ pub trait AppRuntime: Send + Sync {
     async fn url(&self, app: &AppName) -> Option<String>;
     /// The app's log, followed when `follow`.
     async fn logs(&self, app: &AppName, follow: bool) -> Result<LineStream, DeployError>;
+    /// How the app's process fares, if this runtime watches it (default: it does not say).
+    async fn process(&self, app: &AppName) -> Option<ProcessInfo> {
+        let _ = app;
+        None
+    }
 }

@@ -228,9 +228,9 @@ async fn info(state: &ApiState, app: &AppName) -> ApiResult<AppInfo> {
         Some(d) => d.current(app).await?,
         None => None,
     };
-    let url = match &state.runtime {
-        Some(r) => r.url(app).await,
-        None => None,
+    let (url, process) = match &state.runtime {
+        Some(r) => (r.url(app).await, r.process(app).await),
+        None => (None, None),
     };
     Ok(AppInfo {
         name: app.to_string(),
@@ -239,6 +239,7 @@ async fn info(state: &ApiState, app: &AppName) -> ApiResult<AppInfo> {
         git_ssh: state.ssh_base.as_ref().map(|s| format!("{s}/{app}.git")),
         url,
         release,
+        process,
     })
 }
 

@@ -22,6 +22,26 @@ pub struct AppInfo {
     /// The current release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<Release>,
+    /// How the current release's process fares, where the runtime watches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+}
+
+/// How an app's process fares under the runtime's supervision.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProcessInfo {
+    /// `running`, `restarting` (it died and is being started again) or `crash-loop` (it died
+    /// again and again lately; restarts go on with a longer wait).
+    pub state: String,
+    /// How many times it was restarted after it died, since the release went live.
+    pub restarts: u32,
+    /// When it was last restarted, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<u64>,
+    /// The last lines it printed before it last died.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_lines: Vec<String>,
 }
 
 /// `POST /api/v1/apps`.

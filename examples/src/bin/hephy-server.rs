@@ -184,6 +184,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => None,
     };
+    // A release whose process died is started again (with backoff) while this server runs.
+    let _supervisor = local
+        .as_ref()
+        .map(|l| l.supervise(Duration::from_secs(1), log.clone()));
     let deployer: Option<Arc<dyn Deployer>> = match args.deployer {
         DeployerKind::Local => local.clone().map(|l| l as Arc<dyn Deployer>),
         DeployerKind::Kubernetes => Some(runtime::kubernetes_deployer(&args.namespace).await?),

@@ -102,4 +102,13 @@ fn print_app(a: &AppInfo, ctx: &Ctx<'_>) {
         Some(r) => println!("release:    {} {} ({})", r.version, r.image, r.cause),
         None => println!("release:    none yet: git push hephy main"),
     }
+    if let Some(p) = &a.process {
+        println!("process:    {} (restarts: {})", p.state, p.restarts);
+        if !p.last_lines.is_empty() {
+            println!("last lines before it died:");
+            for l in &p.last_lines {
+                println!("  {l}");
+            }
+        }
+    }
 }

@@ -86,3 +86,60 @@ fn apps_keep_serving_while_the_server_stops_crashes_and_is_replaced() -> Result 
     );
     Ok(())
 }
+
+/// `kill -9` of an app's process (a crash): the router answers 503 until the supervisor has
+/// started the release again, within 10 seconds, and `hephy apps info` shows the restart.
+#[test]
+fn a_crashed_app_comes_back_by_itself() -> Result {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let server = Server::start(tmp.path(), &[])?;
+    run(hephy(&home).args(["login", &server.url(), "--token", &server.token]))?;
+    let app = "e2e-crashes";
+    let dir = tmp.path().join(app);
+    std::fs::create_dir_all(&dir)?;
+    write_repo(
+        &dir,
+        &[
+            ("go.mod", "module example.com/crash\n\ngo 1.19\n".into()),
+            ("main.go", BYSTANDER.into()),
+        ],
+    )?;
+    let (ok, out) = push(&server, &home, &dir, app)?;
+    assert!(ok, "{app} deploys:\n{out}");
+    let open = run(hephy(&home).args(["--app", app, "open"]))?;
+    let url = String::from_utf8_lossy(&open.stdout).trim().to_owned();
+    wait_for(&url, "still here")?;
+
+    let pids = container_pids(&server.data);
+    let (_, pid) = pids.iter().next().ok_or("no container")?;
+    run(std::process::Command::new("kill").args(["-9", &pid.to_string()]))?;
+    let killed = std::time::Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        let got = crate::support::get(&url);
+        let back = matches!(&got, Ok(b) if b == "still here");
+        answers.push(got);
+        if back {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "not back within 10 s: {answers:?}\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Until it was back, every answer was the router's 503 page, never an empty reply.
+    for a in &answers[..answers.len() - 1] {
+        assert!(
+            matches!(a, Err(e) if e.contains("503")),
+            "an answer while it was down: {a:?}"
+        );
+    }
+    let info = run(hephy(&home).args(["apps", "info", "--app", app]))?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("process:    running (restarts: 1)"), "{info}");
+    Ok(())
+}

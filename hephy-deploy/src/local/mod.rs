@@ -27,6 +27,7 @@ pub mod logs;
 mod network;
 mod route;
 mod runtime;
+mod supervise;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

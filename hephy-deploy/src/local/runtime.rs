@@ -25,6 +25,10 @@ impl AppRuntime for LocalDeployer {
         LocalDeployer::url(self, app).ok()
     }
 
+    async fn process(&self, app: &AppName) -> Option<hephy_api::ProcessInfo> {
+        LocalDeployer::process(self, app)
+    }
+
     async fn logs(&self, app: &AppName, follow: bool) -> Result<LineStream, DeployError> {
         let stream = LocalDeployer::logs(self, app, follow).await?;
         Ok(Box::pin(futures_util::stream::unfold(
