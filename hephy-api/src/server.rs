@@ -161,23 +161,13 @@ impl FromRequestParts<ApiState> for Authed {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(unauthorized)?;
-        let token = if let Some(t) = value.strip_prefix("Bearer ") {
-            t.trim().to_owned()
-        } else if let Some(b) = value.strip_prefix("Basic ") {
-            use base64::Engine;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map_err(|_| unauthorized())?;
-            let text = String::from_utf8(raw).map_err(|_| unauthorized())?;
-            text.split_once(':')
-                .map(|(_, p)| p.to_owned())
-                .ok_or_else(unauthorized)?
-        } else {
-            return Err(unauthorized());
-        };
+        // Bearer (the CLI) or the password of Basic (git's credential helpers, curl -u).
+        let credentials = hephy_git::auth::parse_authorization(value)
+            .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        let token = credentials.token();
         state
             .accounts
-            .authenticate_token(&token)
+            .authenticate_token(token)
             .map(Authed)
             .ok_or_else(unauthorized)
     }

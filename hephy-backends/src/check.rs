@@ -372,7 +372,7 @@ const GOARCH: &[&str] = &[
 ];
 
 /// `x_windows.go` and `x_darwin_arm64.go` are only for those systems.
-fn go_file_name_matches_linux(name: &str) -> bool {
+pub(crate) fn go_file_name_matches_linux(name: &str) -> bool {
     let stem = name.trim_end_matches(".go");
     let parts: Vec<&str> = stem.split('_').collect();
     if parts.len() < 2 {
@@ -399,7 +399,7 @@ fn go_file_name_matches_linux(name: &str) -> bool {
 }
 
 /// Evaluates a file's `//go:build` line for Linux, any architecture, with cgo off.
-fn go_build_constraint_ok(src: &str) -> bool {
+pub(crate) fn go_build_constraint_ok(src: &str) -> bool {
     for line in src.lines() {
         let l = line.trim();
         if l.is_empty() || (l.starts_with("//") && !l.starts_with("//go:build")) {
@@ -420,7 +420,7 @@ const MAX_CONSTRAINT_BYTES: usize = 16 * 1024;
 
 /// A token of a `//go:build` expression, its tags already evaluated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tok {
+pub(crate) enum Tok {
     Not,
     And,
     Or,
@@ -435,7 +435,7 @@ enum Tok {
 ///
 /// An operator-precedence parse with explicit stacks: a pushed file decides how deep `!` and
 /// parentheses nest, so recursion would let it overflow the server's stack.
-fn eval_constraint(expr: &str) -> Option<bool> {
+pub(crate) fn eval_constraint(expr: &str) -> Option<bool> {
     if expr.len() > MAX_CONSTRAINT_BYTES {
         return None;
     }
@@ -512,7 +512,7 @@ fn apply_binary(op: Tok, values: &mut Vec<bool>) -> Option<()> {
     Some(())
 }
 
-fn constraint_tokens(expr: &str) -> Option<Vec<Tok>> {
+pub(crate) fn constraint_tokens(expr: &str) -> Option<Vec<Tok>> {
     let mut tokens = vec![];
     let mut chars = expr.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {
@@ -567,7 +567,7 @@ fn constraint_tag(tag: &str) -> bool {
     }
 }
 
-fn go_imports_c(src: &str) -> bool {
+pub(crate) fn go_imports_c(src: &str) -> bool {
     let mut in_block = false;
     let mut in_comment = false;
     for line in src.lines() {

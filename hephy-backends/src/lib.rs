@@ -51,6 +51,9 @@ pub mod check;
 pub mod dockerfile;
 pub mod exec;
 pub mod files;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod go;
 pub mod paths;
 pub mod sandbox;

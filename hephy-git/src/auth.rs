@@ -628,6 +628,10 @@ fn abbreviate(line: &str) -> String {
     }
 }
 
+#[path = "auth_header.rs"]
+mod header;
+pub use header::{parse_authorization, AuthHeaderError, Credentials, MAX_AUTHORIZATION_BYTES};
+
 #[cfg(test)]
 #[path = "auth_tests.rs"]
 mod tests;

@@ -8,12 +8,11 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use base64::Engine as _;
 use futures_util::TryStreamExt;
 use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::auth::User;
+use crate::auth::{parse_authorization, Credentials, User};
 use crate::receive::{self, pktline, ReceiveError};
 use crate::repo::repo_path;
 use crate::GitServer;
@@ -83,20 +82,20 @@ fn authenticate(server: &GitServer, headers: &HeaderMap) -> Result<User, Respons
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized(&required));
     };
-    let decoded = value
+    let credentials = value
         .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
+        .map_err(|_| {
+            unauthorized("the Authorization header is not ASCII text: send your hephy user name and an API token")
         })
-        .and_then(|b| String::from_utf8(b).ok());
-    let Some((name, token)) = decoded.as_deref().and_then(|d| d.split_once(':')) else {
+        .and_then(|v| parse_authorization(v).map_err(|e| unauthorized(&e.to_string())))?;
+    let Credentials::Basic {
+        user: name,
+        password: token,
+    } = credentials
+    else {
         return Err(unauthorized(&required));
     };
-    match accounts.authenticate_token(token) {
+    match accounts.authenticate_token(&token) {
         Some(user) if user.name == name => Ok(user),
         _ => Err(unauthorized(&inner.with_hint(
             "invalid user name or token: check the credentials git uses for this server (the password is an API token)",

@@ -50,6 +50,9 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod lock;
 mod receive;

@@ -54,7 +54,7 @@ use crate::paths::{self, MANIFEST_LIMIT};
 
 mod bases;
 mod drivers;
-mod parse;
+pub(crate) mod parse;
 mod settings;
 
 pub use drivers::Builder;

@@ -5,6 +5,11 @@ use std::collections::BTreeSet;
 
 use hephy_core::Platform;
 
+/// The most `FROM` stages a Dockerfile may have. Real ones have a handful; without a cap a
+/// 1 MB file of `FROM N` lines makes hundreds of thousands of stages, and finding which ones a
+/// target needs compares each with all before it.
+pub(crate) const MAX_STAGES: usize = 256;
+
 /// A parsed Dockerfile: its stages and their instructions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Dockerfile {
@@ -197,6 +202,11 @@ impl Dockerfile {
                     }
                 };
                 let platform = ins.flag_values("platform").next().map(str::to_owned);
+                if df.stages.len() == MAX_STAGES {
+                    return Err(format!(
+                        "{start}: the Dockerfile has more than {MAX_STAGES} stages; the limit is {MAX_STAGES}: merge stages, or build the image in parts"
+                    ));
+                }
                 df.stages.push(DfStage {
                     line: start,
                     name,
@@ -233,7 +243,7 @@ impl Dockerfile {
         Ok(df)
     }
 
-    pub(super) fn stage_index(&self, name_or_index: &str, before: usize) -> Option<usize> {
+    pub(crate) fn stage_index(&self, name_or_index: &str, before: usize) -> Option<usize> {
         let n = name_or_index.to_ascii_lowercase();
         if let Some(i) = self.stages[..before]
             .iter()
@@ -288,27 +298,30 @@ impl Dockerfile {
         Ok(needed.into_iter().collect())
     }
 
-    /// Where stage `i`'s `RUN`s execute.
-    pub fn stage_platform(&self, i: usize) -> StagePlatform {
-        let s = &self.stages[i];
-        match s.platform.as_deref() {
-            Some(p) => {
-                let p = p.trim_matches('"');
-                if p.contains("BUILDPLATFORM") {
-                    StagePlatform::Build
-                } else if p.contains("TARGETPLATFORM") || p.contains('$') {
-                    StagePlatform::Target
-                } else {
-                    match p.parse() {
-                        Ok(p) => StagePlatform::Fixed(p),
-                        Err(_) => StagePlatform::Target,
-                    }
+    /// Where stage `i`'s `RUN`s execute: its `--platform`, else that of the stage it starts
+    /// from. A loop, not recursion: the file decides how long a chain of stages is.
+    pub fn stage_platform(&self, mut i: usize) -> StagePlatform {
+        loop {
+            let s = &self.stages[i];
+            let Some(p) = s.platform.as_deref() else {
+                // A stage can only start from an earlier one, so the chain ends.
+                match self.stage_index(&s.base, i) {
+                    Some(b) => i = b,
+                    None => return StagePlatform::Target,
                 }
-            }
-            None => match self.stage_index(&s.base, i) {
-                Some(b) => self.stage_platform(b),
-                None => StagePlatform::Target,
-            },
+                continue;
+            };
+            let p = p.trim_matches('"');
+            return if p.contains("BUILDPLATFORM") {
+                StagePlatform::Build
+            } else if p.contains("TARGETPLATFORM") || p.contains('$') {
+                StagePlatform::Target
+            } else {
+                match p.parse() {
+                    Ok(p) => StagePlatform::Fixed(p),
+                    Err(_) => StagePlatform::Target,
+                }
+            };
         }
     }
 }

@@ -260,6 +260,37 @@ async fn refuses_unknown_target_stage_and_paths_outside() -> TestResult {
     Ok(())
 }
 
+/// A Dockerfile of a long chain of stages (`FROM N-1` in each) made `check` find each stage's
+/// platform by recursing through all stages before it, comparing each with all before it: 20,000
+/// stages (140 KB) kept the parser busy for more than a minute, and the recursion is as deep as
+/// the chain. Found while writing the `dockerfile` fuzz target (its inputs are too short to reach
+/// it): stages are capped at 256 and the chain is followed in a loop.
+#[tokio::test]
+async fn refuses_dockerfiles_with_too_many_stages() -> TestResult {
+    let mut text = String::from("FROM scratch\n");
+    let mut n = 1;
+    while text.len() < 1024 * 1024 - 16 {
+        text.push_str(&format!("FROM {}\n", n - 1));
+        n += 1;
+    }
+    let dir = repo(&[("Dockerfile", &text)])?;
+    let started = std::time::Instant::now();
+    let err = refusal(
+        &DockerfileBackend::new(env()?),
+        &ctx(dir.path())?,
+        &[Platform::host()],
+        "a Dockerfile with 100,000 stages should be refused",
+    )
+    .await?;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refusing took {:?}",
+        started.elapsed()
+    );
+    insta::assert_snapshot!(err.to_string());
+    Ok(())
+}
+
 /// Debian's busybox-static: a static binary to build test images from, as nothing can be
 /// pulled from Docker Hub here.
 fn busybox() -> Result<PathBuf, Box<dyn std::error::Error>> {

@@ -81,6 +81,61 @@ async fn wrong_or_missing_credentials_are_refused() -> Result {
     Ok(())
 }
 
+/// `Authorization` values through the real server: the scheme in any case is read, each
+/// malformed form gets a 401 that says what is wrong (never echoing the credentials), and a
+/// header over the length cap is refused before it is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_headers_are_parsed_with_limits() -> Result {
+    let server = TestServer::start().await?;
+    server.app("real")?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let get = |value: String| {
+        format!(
+            "GET /real.git/info/refs?service=git-receive-pack HTTP/1.1\r\nHost: x\r\nAuthorization: {value}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let good = b64(&format!("alice:{}", server.token));
+    for value in [format!("basic {good}"), format!("BASIC   {good}  ")] {
+        let (status, body) = raw(&server, get(value.clone())).await?;
+        assert_eq!(status, 200, "{value}: {}", String::from_utf8_lossy(&body));
+    }
+    let long = format!(
+        "Basic {}",
+        "A".repeat(hephy_git::auth::MAX_AUTHORIZATION_BYTES)
+    );
+    for (value, says) in [
+        ("Basic !!!".to_owned(), "not base64"),
+        (format!("Basic {}", b64(&server.token)), "no ':'"),
+        (format!("Digest {good}"), "\"Digest\" is not supported"),
+        (
+            format!("Basic {good} extra"),
+            "spaces or control characters",
+        ),
+        ("Basic".to_owned(), "no credentials"),
+        (long, "the limit is 4096"),
+        // git's side wants the user name too: a bare token is not enough.
+        (
+            format!("Bearer {}", server.token),
+            "use your hephy user name",
+        ),
+    ] {
+        let (status, body) = raw(&server, get(value.clone())).await?;
+        let body = String::from_utf8_lossy(&body);
+        let shown: String = value.chars().take(40).collect();
+        assert_eq!(status, 401, "{shown}: {body}");
+        assert!(
+            body.contains(says),
+            "{shown}: expected {says:?} in {body:?}"
+        );
+        assert!(
+            !body.contains(&server.token),
+            "{shown}: the token was echoed"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malicious_paths_unknown_apps_and_fetch_are_refused() -> Result {
     let server = TestServer::start().await?;
