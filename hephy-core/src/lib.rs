@@ -91,6 +91,7 @@ mod digest;
 mod error;
 mod event;
 pub mod fs;
+mod job;
 mod pipeline;
 mod platform;
 mod publish;
@@ -114,9 +115,8 @@ pub use deploy::{DeployError, Deployer};
 pub use digest::{Digest, DigestError};
 pub use error::BoxError;
 pub use event::{format_elapsed, Event, EventKind, EventStream, Events, Outcome, Stage};
-pub use pipeline::{
-    Job, Pipeline, PipelineBuildError, PipelineBuilder, PipelineError, PlatformFailure, Report,
-};
+pub use job::{Job, Report};
+pub use pipeline::{Pipeline, PipelineBuildError, PipelineBuilder, PipelineError, PlatformFailure};
 pub use platform::{Platform, PlatformError};
 pub use publish::{PublishError, PublishRequest, Published, Publisher};
 pub use reference::{Reference, ReferenceError, DEFAULT_REGISTRY};
