@@ -84,6 +84,16 @@ pub async fn local_deployer(
     router: Option<RouterClient>,
     events: &Events,
 ) -> Result<Arc<LocalDeployer>> {
+    // The apps' unprivileged host users must pass through the data directory (made 0700) to
+    // their root filesystems: o+x lets them pass, never list or read (0711).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(mode | 0o001))?;
+        }
+    }
     // An app pushed before it was created through the API still gets its router port.
     let mut b = LocalDeployer::builder(data.join("deploy"))
         .layout_root(images)

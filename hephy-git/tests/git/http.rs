@@ -117,7 +117,7 @@ async fn authorization_headers_are_parsed_with_limits() -> Result {
         // git's side wants the user name too: a bare token is not enough.
         (
             format!("Bearer {}", server.token),
-            "use your hephy user name",
+            "use your user name and an API token",
         ),
     ] {
         let (status, body) = raw(&server, get(value.clone())).await?;
