@@ -49,6 +49,8 @@ echo "==> building bench-router (release)"
 (cd "$ROOT" && cargo build --release --quiet -p hephy-benches --bin bench-router)
 
 mkdir -p "$WORK/www" "$WORK/tmp"
+# nginx's workers run as an unprivileged user, who must read the page.
+chmod 755 "$WORK" "$WORK/www"
 head -c 1024 /dev/zero | tr '\0' 'x' > "$WORK/www/index.html"
 common="worker_processes 1; error_log $WORK/error.log; events { worker_connections 4096; }"
 http_common="access_log off; client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp; fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;"
