@@ -333,6 +333,7 @@ impl Sandbox {
                 uid: sandbox.policy.uid,
             });
         }
+        sweep_orphans(&sandbox.ip);
         Ok(sandbox)
     }
 
@@ -651,6 +652,57 @@ exec "$@""#,
         }
         Ok(guard)
     }
+}
+
+/// Removes the build network namespaces (and their pasta) left by a process that ended without
+/// cleaning up (a server killed during a build): they are named `hephy-build-PID-N`, and PID no
+/// longer runs.
+fn sweep_orphans(ip: &Path) {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for name in entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+    {
+        let Some(pid) = name
+            .strip_prefix("hephy-build-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let netns = format!("/run/netns/{name}");
+        for pasta in processes_naming(&netns) {
+            let _ = std::process::Command::new("kill")
+                .arg(pasta.to_string())
+                .env_clear()
+                .status();
+        }
+        let _ = std::process::Command::new(ip)
+            .args(["netns", "delete", &name])
+            .env_clear()
+            .status();
+    }
+}
+
+/// The processes whose command line has the argument `arg`.
+fn processes_naming(arg: &str) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// `/a/b/c` → `/a`, `/a/b` (the directories bwrap must create before binding `/a/b/c`).

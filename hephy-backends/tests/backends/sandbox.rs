@@ -206,3 +206,46 @@ async fn a_namespace_root_is_root_only_in_its_own_user_namespace() -> Result {
     );
     Ok(())
 }
+
+/// A server killed during a build leaves its build's network namespace and pasta behind; the
+/// next sandbox made (the next server start) removes them.
+#[tokio::test]
+async fn namespaces_left_by_a_dead_server_are_removed_at_start() -> Result {
+    let tmp = tempfile::tempdir()?;
+    // No process has this id (Linux's pid_max is at most 4194304).
+    let name = "hephy-build-4000000000-1";
+    let netns = format!("/run/netns/{name}");
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", name])
+        .status()?
+        .success();
+    assert!(ok, "ip netns add {name}");
+    let pid_file = tmp.path().join("pasta.pid");
+    let ok = std::process::Command::new("pasta")
+        .args([
+            "--runas", "0:0", "-4", "-q", "-t", "none", "-T", "none", "-U", "none",
+        ])
+        .arg("-P")
+        .arg(&pid_file)
+        .args(["--netns", &netns])
+        .status()?
+        .success();
+    assert!(ok, "pasta attaches to {netns}");
+    let pasta = std::fs::read_to_string(&pid_file)?.trim().to_owned();
+
+    sandbox(SandboxPolicy::default(), tmp.path())?;
+    assert!(!Path::new(&netns).exists(), "{netns} is still there");
+    // Gone, or a zombie waiting for whoever reaps orphans here.
+    let running = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    for _ in 0..50 {
+        if !running(&pasta) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("pasta {pasta} still runs").into())
+}
