@@ -3,7 +3,7 @@
 //!
 //! - [`types`]: the JSON bodies, shared by both sides.
 //! - [`Client`] (feature `client`, on by default): calls the API, as the `hephy` CLI does.
-//! - [`server::router`] (feature `server`): serves it from a `hephy_git::GitServer` and its
+//! - `server::router` (feature `server`): serves it from a `hephy_git::GitServer` and its
 //!   accounts; merge it with the git routes.
 //! - [`image_policy`]: which images an image deploy may name (an app's the caller may push to, or
 //!   a registry the admin allowed).
