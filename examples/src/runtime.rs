@@ -14,6 +14,17 @@ use secrecy::{ExposeSecret, SecretString};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Logs to stderr at the level `HEPHY_LOG` says (default `info`), as every hephy process does.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HEPHY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// The router process's state directory for the data directory `data`.
 pub fn router_dir(data: &Path) -> PathBuf {
     data.join("deploy").join("router")

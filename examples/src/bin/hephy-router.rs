@@ -22,13 +22,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HEPHY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    hephy_examples::runtime::init_logging();
     let dir = hephy_examples::runtime::router_dir(&Args::parse().data_dir);
     match hephy_deploy::router::control::serve(&dir).await {
         Ok(()) => ExitCode::SUCCESS,

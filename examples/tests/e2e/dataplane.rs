@@ -17,6 +17,25 @@ fn restart(program: &Path, dir: &Path, home: &Path) -> Result<Server> {
     Ok(server)
 }
 
+/// Pushes the "still here" app as `app` and waits until its URL answers; the URL.
+fn deploy_still_here(server: &Server, home: &Path, tmp: &Path, app: &str) -> Result<String> {
+    let dir = tmp.join(app);
+    std::fs::create_dir_all(&dir)?;
+    write_repo(
+        &dir,
+        &[
+            ("go.mod", "module example.com/still\n\ngo 1.19\n".into()),
+            ("main.go", BYSTANDER.into()),
+        ],
+    )?;
+    let (ok, out) = push(server, home, &dir, app)?;
+    assert!(ok, "{app} deploys:\n{out}");
+    let open = run(hephy(home).args(["--app", app, "open"]))?;
+    let url = String::from_utf8_lossy(&open.stdout).trim().to_owned();
+    wait_for(&url, "still here")?;
+    Ok(url)
+}
+
 #[test]
 fn apps_keep_serving_while_the_server_stops_crashes_and_is_replaced() -> Result {
     let tmp = tempfile::tempdir()?;
@@ -27,20 +46,7 @@ fn apps_keep_serving_while_the_server_stops_crashes_and_is_replaced() -> Result 
 
     let mut loads = Vec::new();
     for app in ["e2e-plane-a", "e2e-plane-b"] {
-        let dir = tmp.path().join(app);
-        std::fs::create_dir_all(&dir)?;
-        write_repo(
-            &dir,
-            &[
-                ("go.mod", "module example.com/plane\n\ngo 1.19\n".into()),
-                ("main.go", BYSTANDER.into()),
-            ],
-        )?;
-        let (ok, out) = push(&server, &home, &dir, app)?;
-        assert!(ok, "{app} deploys:\n{out}");
-        let open = run(hephy(&home).args(["--app", app, "open"]))?;
-        let url = String::from_utf8_lossy(&open.stdout).trim().to_owned();
-        wait_for(&url, "still here")?;
+        let url = deploy_still_here(&server, &home, tmp.path(), app)?;
         loads.push((app, Load::start(url)));
     }
     let containers = container_pids(&server.data);
@@ -97,20 +103,7 @@ fn a_crashed_app_comes_back_by_itself() -> Result {
     let server = Server::start(tmp.path(), &[])?;
     run(hephy(&home).args(["login", &server.url(), "--token", &server.token]))?;
     let app = "e2e-crashes";
-    let dir = tmp.path().join(app);
-    std::fs::create_dir_all(&dir)?;
-    write_repo(
-        &dir,
-        &[
-            ("go.mod", "module example.com/crash\n\ngo 1.19\n".into()),
-            ("main.go", BYSTANDER.into()),
-        ],
-    )?;
-    let (ok, out) = push(&server, &home, &dir, app)?;
-    assert!(ok, "{app} deploys:\n{out}");
-    let open = run(hephy(&home).args(["--app", app, "open"]))?;
-    let url = String::from_utf8_lossy(&open.stdout).trim().to_owned();
-    wait_for(&url, "still here")?;
+    let url = deploy_still_here(&server, &home, tmp.path(), app)?;
 
     let pids = container_pids(&server.data);
     let (_, pid) = pids.iter().next().ok_or("no container")?;

@@ -141,7 +141,7 @@ impl Drop for Server {
         // Remove the containers this server's apps ran, and only those: other tests' servers run
         // at the same time, with containers on the same runc (deleting theirs made their apps
         // give empty replies).
-        for id in containers_under(&self.data) {
+        for id in container_pids(&self.data).into_keys() {
             let _ = Command::new("runc").args(["delete", "-f", &id]).status();
         }
         // The router process and the containers' pasta name the data directory.
@@ -152,7 +152,7 @@ impl Drop for Server {
     }
 }
 
-/// The process ids of the runc containers whose bundle lies under `dir`, by container.
+/// The runc containers whose bundle lies under `dir`, with their process ids (0 once stopped).
 pub fn container_pids(dir: &Path) -> std::collections::BTreeMap<String, u32> {
     #[derive(serde::Deserialize)]
     struct Listed {
@@ -170,26 +170,6 @@ pub fn container_pids(dir: &Path) -> std::collections::BTreeMap<String, u32> {
         .into_iter()
         .filter(|c| c.bundle.starts_with(dir))
         .map(|c| (c.id, c.pid))
-        .collect()
-}
-
-/// The runc containers whose bundle lies under `dir`.
-fn containers_under(dir: &Path) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Listed {
-        id: String,
-        bundle: PathBuf,
-    }
-    Command::new("runc")
-        .args(["list", "--format", "json"])
-        .output()
-        .ok()
-        .and_then(|o| serde_json::from_slice::<Option<Vec<Listed>>>(&o.stdout).ok())
-        .flatten()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| c.bundle.starts_with(dir))
-        .map(|c| c.id)
         .collect()
 }
 

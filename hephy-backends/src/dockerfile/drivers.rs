@@ -152,11 +152,7 @@ impl DockerfileBackend {
             setup.driver,
             setup.isolation
         ));
-        let tag = format!(
-            "localhost/hephy-build/{}:{}",
-            short_hash(&ctx.dir().display().to_string()),
-            target.platform.slug()
-        );
+        let tag = build_tag(ctx, target);
         let global = |cmd: &mut tokio::process::Command| {
             cmd.arg("--root")
                 .arg(&setup.root)
@@ -165,40 +161,16 @@ impl DockerfileBackend {
                 .arg("--storage-driver")
                 .arg(&setup.driver);
         };
-        let epoch = ctx
-            .source_date_epoch()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let mut cmd = tokio::process::Command::new(program);
         global(&mut cmd);
-        cmd.arg("build")
-            .arg("--format")
-            .arg("oci")
-            .arg("--platform")
-            .arg(target.platform.to_string())
-            .arg("--layers")
-            .arg("--isolation")
-            .arg(&setup.isolation)
-            .arg("--timestamp")
-            .arg(epoch.to_string())
-            .arg("-f")
-            .arg(&plan.file)
-            .arg("-t")
-            .arg(&tag);
-        if let Some(t) = &plan.settings.target {
-            cmd.arg("--target").arg(t);
-        }
-        for (k, v) in &plan.settings.args {
-            cmd.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        for (k, v) in &plan.settings.labels {
-            cmd.arg("--label").arg(format!("{k}={v}"));
-        }
-        if plan.settings.squash {
-            cmd.arg("--squash");
-        }
-        cmd.arg(&plan.context);
+        cmd.args(buildah_build_args(
+            ctx,
+            plan,
+            target,
+            &setup.isolation,
+            (&plan.file, &plan.context),
+            &tag,
+        ));
         // `FROM oci:base:tag` (an OCI layout in the repository) resolves from the root.
         cmd.current_dir(ctx.dir());
         cmd.env("BUILDAH_ISOLATION", &setup.isolation);
@@ -264,16 +236,7 @@ impl DockerfileBackend {
             ));
         }
         let in_context = |p: &Path| Path::new("/work/context").join(paths::relative(ctx.dir(), p));
-        let tag = format!(
-            "localhost/hephy-build/{}:{}",
-            short_hash(&ctx.dir().display().to_string()),
-            target.platform.slug()
-        );
-        let epoch = ctx
-            .source_date_epoch()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let tag = build_tag(ctx, target);
         let command = |network: bool| {
             let mut cmd = self.env.command(program);
             let buildah = if program.starts_with("/usr") {
@@ -301,34 +264,14 @@ impl DockerfileBackend {
         };
 
         let mut build = command(ctx.config().build.network);
-        build
-            .arg("build")
-            .arg("--format")
-            .arg("oci")
-            .arg("--platform")
-            .arg(target.platform.to_string())
-            .arg("--layers")
-            .arg("--isolation")
-            .arg("chroot")
-            .arg("--timestamp")
-            .arg(epoch.to_string())
-            .arg("-f")
-            .arg(in_context(&plan.file))
-            .arg("-t")
-            .arg(&tag);
-        if let Some(t) = &plan.settings.target {
-            build.arg("--target").arg(t);
-        }
-        for (k, v) in &plan.settings.args {
-            build.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        for (k, v) in &plan.settings.labels {
-            build.arg("--label").arg(format!("{k}={v}"));
-        }
-        if plan.settings.squash {
-            build.arg("--squash");
-        }
-        build.arg(in_context(&plan.context));
+        build.args(buildah_build_args(
+            ctx,
+            plan,
+            target,
+            "chroot",
+            (&in_context(&plan.file), &in_context(&plan.context)),
+            &tag,
+        ));
         build.envs(ctx.config().build.env.clone());
         self.env
             .exec(build, events, exec::TAIL_LINES)
@@ -415,11 +358,7 @@ impl DockerfileBackend {
         if plan.settings.squash {
             events.warn("squashing (kaniko single-snapshot) is not supported by buildctl; the image keeps its layers");
         }
-        let epoch = ctx
-            .source_date_epoch()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let epoch = source_epoch(ctx);
         cmd.arg("--opt")
             .arg(format!("build-arg:SOURCE_DATE_EPOCH={epoch}"));
         cmd.arg("--output").arg(format!(
@@ -588,4 +527,63 @@ pub(super) fn layout_manifest(dir: &Path, tag: &str) -> Result<Digest, BuildErro
     pick.digest
         .parse()
         .map_err(|e| BuildError::other(format!("bad digest in {}", path.display()), e))
+}
+
+/// The commit time builds stamp into images, in seconds since the epoch.
+fn source_epoch(ctx: &BuildContext) -> u64 {
+    ctx.source_date_epoch()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The tag a build of `ctx` for `target` gets in buildah's store, until it is pushed out.
+fn build_tag(ctx: &BuildContext, target: &BuildTarget) -> String {
+    format!(
+        "localhost/hephy-build/{}:{}",
+        short_hash(&ctx.dir().display().to_string()),
+        target.platform.slug()
+    )
+}
+
+/// `buildah build` and its arguments for `plan` on `target`, wherever buildah runs: the
+/// Dockerfile and the context as buildah sees them (`file`, `context`).
+fn buildah_build_args(
+    ctx: &BuildContext,
+    plan: &Plan,
+    target: &BuildTarget,
+    isolation: &str,
+    (file, context): (&Path, &Path),
+    tag: &str,
+) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = [
+        "build",
+        "--format",
+        "oci",
+        "--platform",
+        &target.platform.to_string(),
+        "--layers",
+        "--isolation",
+        isolation,
+        "--timestamp",
+        &source_epoch(ctx).to_string(),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    a.extend(["-f".into(), file.into(), "-t".into(), tag.into()]);
+    if let Some(t) = &plan.settings.target {
+        a.extend(["--target".into(), t.into()]);
+    }
+    for (k, v) in &plan.settings.args {
+        a.extend(["--build-arg".into(), format!("{k}={v}").into()]);
+    }
+    for (k, v) in &plan.settings.labels {
+        a.extend(["--label".into(), format!("{k}={v}").into()]);
+    }
+    if plan.settings.squash {
+        a.push("--squash".into());
+    }
+    a.push(context.into());
+    a
 }
